@@ -37,19 +37,20 @@ class BackendSpec:
     cfg_layout: str  # order of the two halves of the CFG batch: "cond_null" or "null_cond"
     adapter_targets: tuple[str, ...]  # fnmatch patterns over module names of the denoiser
     w_range: tuple[float, float]  # the paper's training range of guidance scales
+    num_classes: int = 0  # class-conditional backends: labels 0..num_classes-1 (the null class is next)
     hub_id: str = ""
 
 
 BACKENDS = {
-    "mnist-dit": BackendSpec("mnist-dit", "dit", "class", "cond_null", ("transformer_blocks.*.attn1",), (1.0, 5.0)),
+    "mnist-dit": BackendSpec("mnist-dit", "dit", "class", "cond_null", ("transformer_blocks.*.attn1",), (1.0, 5.0), 10),
     "dit-xl-2": BackendSpec("dit-xl-2", "dit", "class", "cond_null", ("transformer_blocks.*.attn1",), (1.0, 6.0),
-                            "facebook/DiT-XL-2-256"),
+                            1000, "facebook/DiT-XL-2-256"),
     "sd21": BackendSpec("sd21", "sd", "text", "null_cond",
                         ("down_blocks.*.attn2", "mid_block.*.attn2", "up_blocks.*.attn2"), (1.0, 12.0),
-                        "stabilityai/stable-diffusion-2-1"),
+                        hub_id="stabilityai/stable-diffusion-2-1"),
     "sdxl": BackendSpec("sdxl", "sdxl", "text", "null_cond",
                         ("down_blocks.*.attn2", "mid_block.*.attn2", "up_blocks.*.attn2"), (1.0, 12.0),
-                        "stabilityai/stable-diffusion-xl-base-1.0"),
+                        hub_id="stabilityai/stable-diffusion-xl-base-1.0"),
 }
 
 
@@ -96,6 +97,10 @@ class Family:
     fingerprint: str
 
     # --- condition handling ---------------------------------------------------------------
+    def condition_arrays(self, items: list[dict]) -> dict[str, np.ndarray]:
+        """Conditions file items -> arrays stored per trajectory (what training needs, no encoders)."""
+        raise NotImplementedError
+
     def null_condition(self, cond: dict) -> dict:
         raise NotImplementedError
 
@@ -217,6 +222,12 @@ class DiTFamily(Family):
 
     def modules(self):
         return [self.denoiser] + ([self.vae] if self.vae is not None else [])
+
+    def condition_arrays(self, items):
+        labels = np.array([i["label"] for i in items], np.int64)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise AGDError("conditions", f"labels must be in [0, {self.num_classes})", "re-run `agd conditions`")
+        return {"labels": labels}
 
     def null_condition(self, cond):
         return {"labels": torch.full_like(cond["labels"], self.num_classes)}

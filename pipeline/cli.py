@@ -53,6 +53,112 @@ def pretrain() -> None:
     _guard(stage.run)
 
 
+@app.command()
+def classifier() -> None:
+    """Train the small MNIST classifier that judges class accuracy of samples (params.yaml: classifier)."""
+    from pipeline.stages import classifier as stage
+
+    _guard(stage.run)
+
+
+@app.command("fid-ref")
+def fid_ref() -> None:
+    """Compute FID reference statistics once (params.yaml: fid_ref)."""
+    from pipeline.stages import fid_ref as stage
+
+    _guard(stage.run)
+
+
+@app.command()
+def conditions() -> None:
+    """Sample per-trajectory conditions, guidance scales and seeds (params.yaml: conditions)."""
+    from pipeline.stages import conditions as stage
+
+    _guard(stage.run)
+
+
+@app.command()
+def trajectories() -> None:
+    """Record CFG-guided sampling trajectories into the Zarr store; resumes (params.yaml: trajectories)."""
+    from pipeline.stages import trajectories as stage
+
+    _guard(stage.run)
+
+
+@app.command()
+def train() -> None:
+    """Train the guidance adapters on the trajectory store; resumes from checkpoints (params.yaml: train)."""
+    from pipeline.stages import train as stage
+
+    _guard(stage.run)
+
+
+@app.command()
+def evaluate() -> None:
+    """AGD against CFG: FID, class accuracy, NFE, time, correction captured (params.yaml: evaluate)."""
+    from pipeline.stages import evaluate as stage
+
+    _guard(stage.run)
+
+
+@app.command()
+def verify(
+    store: str = typer.Argument(None, help="Store to check (default: trajectories.output)."),
+    structure_only: bool = typer.Option(False, "--structure-only", help="Skip the comparison with params.yaml and the base."),
+) -> None:
+    """Check a trajectory store: completeness, shapes, dtypes, readable finite chunks, provenance."""
+    from pipeline.stages import verify as stage
+
+    _guard(stage.run, store, not structure_only)
+
+
+@app.command()
+def sample(
+    labels: str = typer.Option(None, "--labels", help="Comma-separated class labels, e.g. 0,1,2."),
+    prompts: list[str] = typer.Option(None, "--prompt", help="A caption (repeat for several); text backends."),
+    w: float = typer.Option(3.0, "-w", "--guidance-scale", min=0.0, help="Guidance scale."),
+    backend: str = typer.Option(None, help="Backend (default: base.backend in params.yaml)."),
+    base_path: str = typer.Option(None, "--base", help="Base model folder or hub id (default: base.path)."),
+    adapters: str = typer.Option(None, help="Adapter folder from `agd train` (default: train.output)."),
+    steps: int = typer.Option(25, min=1, help="Sampler steps."),
+    seed: int = typer.Option(0, help="Seed of the first sample; the others follow."),
+    guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
+    out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
+) -> None:
+    """Generate with a base and trained adapters at a chosen guidance scale, one pass per step."""
+
+    def go():
+        import numpy as np
+        from PIL import Image
+
+        from pipeline.config import load_section
+        from pipeline.generate import generate, load_agd
+
+        base = load_section("base")
+        family, agd = load_agd(backend or base.backend, base_path or base.path,
+                               adapters or load_section("train").output, base.dtype)
+        if labels:
+            try:
+                conds = [int(v) for v in labels.split(",")]
+            except ValueError:
+                raise AGDError("--labels", f"{labels!r} is not a comma-separated list of integers",
+                               "write e.g. --labels 0,1,2") from None
+            if family.spec.condition != "class" or min(conds) < 0 or max(conds) >= family.spec.num_classes:
+                raise AGDError("--labels", f"labels must be class indices in [0, {family.spec.num_classes})",
+                               "use --prompt for text backends")
+        elif prompts:
+            conds = list(prompts)
+        else:
+            raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
+        images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
+                          guidance=guidance)
+        row = np.concatenate(list(images), axis=1)
+        Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(out)
+        print(f"sample: {len(conds)} images at w={w:g} ({guidance}) -> {out}")
+
+    _guard(go)
+
+
 def main() -> None:
     app()
 

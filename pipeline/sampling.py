@@ -1,0 +1,63 @@
+"""The sampling loop: CFG (2 NFE per step), AGD (1 NFE per step) or the plain conditional model.
+
+Written out rather than taken from a diffusers pipeline: DiTPipeline hard-codes 1,000 classes,
+and we need the per-step states and CFG outputs anyway to record trajectories.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import diffusers
+import torch
+
+from pipeline.errors import AGDError
+
+
+def make_scheduler(name: str, base_config: dict, num_steps: int):
+    """A diffusers scheduler class by name, configured like the base model's own scheduler."""
+    cls = getattr(diffusers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise AGDError(f"params.yaml: scheduler {name!r}", "not a diffusers scheduler class",
+                       "use e.g. DDIMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler")
+    scheduler = cls.from_config(base_config)
+    scheduler.set_timesteps(num_steps)
+    return scheduler
+
+
+def initial_noise(seeds, shape) -> torch.Tensor:
+    """One generator per sample: a sample's noise depends on its seed alone, not on its batch."""
+    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+
+
+Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
+
+
+@torch.no_grad()
+def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_steps: int,
+           mode: str = "cfg", adapters=None, record: Recorder | None = None) -> torch.Tensor:
+    """Run the sampler from the seeds' noise; returns the final latents / pixels.
+
+    mode: "cfg" (two passes, the teacher), "agd" (one pass with adapters at w) or "cond" (w = 1).
+    record(step, x_t, t, out) sees every model input and the output used for the step.
+    """
+    scheduler = make_scheduler(scheduler_name, family.scheduler_config, num_steps)
+    device = family.device
+    x = initial_noise(seeds, family.latent_shape).to(device) * scheduler.init_noise_sigma
+    w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(len(x))
+    for i, t in enumerate(scheduler.timesteps):
+        x_in = scheduler.scale_model_input(x, t)
+        t_batch = t.to(device).expand(len(x))
+        if mode == "cfg":
+            out, _ = family.guided(x_in, t_batch, cond, w)
+        elif mode == "agd":
+            out = adapters(family, x_in, t_batch, cond, w)
+        else:
+            out = family.forward(x_in, t_batch, cond)
+        if record is not None:
+            record(i, x_in, t_batch, out)
+        x = scheduler.step(family.scheduler_output(out).float(), t, x).prev_sample
+    return x
+
+
+NFE_PER_STEP = {"cfg": 2, "agd": 1, "cond": 1}

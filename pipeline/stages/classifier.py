@@ -1,0 +1,48 @@
+"""Stage `classifier`: train the MNIST judge of class accuracy (floor: 99 % test accuracy)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import mnist
+from pipeline.classifier import DigitClassifier, predict, shift_augment
+from pipeline.config import load_section
+from pipeline.progress import Tracker, log
+
+WEIGHTS = Path("models/classifier.pt")
+REPORT = Path("reports/classifier.json")
+
+
+def run(data_dir: Path = Path("data")) -> None:
+    p = load_section("classifier")
+    torch.manual_seed(p.seed)
+    gen = torch.Generator().manual_seed(p.seed)
+    train_x, train_y = mnist.load_split(data_dir, "train")
+    test_x, test_y = mnist.load_split(data_dir, "test")
+    x, y = mnist.to_model_space(train_x), torch.from_numpy(train_y)
+    model = DigitClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=p.lr)
+    steps_per_epoch = len(x) // p.batch_size
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, p.lr, total_steps=p.epochs * steps_per_epoch)
+    with Tracker("classifier", p.epochs * steps_per_epoch) as tracker:
+        for _ in range(p.epochs):
+            model.train()
+            order = torch.randperm(len(x), generator=gen)
+            for s in range(steps_per_epoch):
+                idx = order[s * p.batch_size:(s + 1) * p.batch_size]
+                loss = F.cross_entropy(model(shift_augment(x[idx], gen)), y[idx])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+                tracker.advance(1, loss=loss.item())
+    accuracy = float((predict(model, mnist.to_model_space(test_x)) == torch.from_numpy(test_y)).float().mean())
+    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), WEIGHTS)
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps({"test_accuracy": round(accuracy, 4)}, indent=2) + "\n")
+    log(f"classifier: MNIST test accuracy {accuracy:.4f}")

@@ -1,0 +1,118 @@
+"""Stage `train`: fit the adapters so that one pass at guidance scale w reproduces the stored CFG output.
+
+Only adapter parameters train (Adam, no weight decay; linear warm-up over the first 10 % of
+steps, then cosine annealing), with MSE to the stored target. The base stays frozen in eval
+mode. Checkpoints hold adapters, optimizer, RNG, data-order state and step, so a killed run
+resumes where it stopped and ends at the configured step count.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pipeline import checkpoint
+from pipeline.adapters import AdapterSet
+from pipeline.backends import DTYPES, load_base
+from pipeline.config import load_section
+from pipeline.errors import AGDError
+from pipeline.loader import ShuffleBuffer
+from pipeline.progress import Tracker, log
+from pipeline.schedule import warmup_cosine
+from pipeline.store import TrajectoryStore
+from pipeline.stages.trajectories import mismatches
+
+CHECKPOINT = Path("checkpoints/train.pt")
+REPORT = Path("reports/train.json")
+LIVE_DIR = Path("reports/train_live")
+
+
+def open_store_for(family, traj_params) -> TrajectoryStore:
+    """The store, refused if unfinished or made by another base or sampler configuration."""
+    store = TrajectoryStore.open(Path(traj_params.output))
+    if not store.is_complete():
+        missing = int((~store.done()).sum())
+        raise AGDError(traj_params.output, f"{missing} of {len(store)} trajectories unfinished",
+                       "run `agd trajectories` (dvc repro) to complete it")
+    expected = {"base": family.identity(), "scheduler": traj_params.scheduler, "num_steps": traj_params.num_steps}
+    stale = mismatches(store.attrs, expected, keys=("scheduler", "num_steps"))
+    if store.attrs.get("base", {}).get("fingerprint") != family.fingerprint:
+        stale.insert(0, "base model")
+    if stale:
+        raise AGDError(traj_params.output, f"made with another {', '.join(stale)} than params.yaml names",
+                       "re-run `agd trajectories` (dvc repro) for this base and sampler")
+    return store
+
+
+def run() -> None:
+    base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
+    family = load_base(base.backend, base.path, base.dtype)
+    store = open_store_for(family, traj)
+    adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed).attach(family)
+    if p.gradient_checkpointing:
+        family.denoiser.enable_gradient_checkpointing()
+    summary = adapters.summary()
+    log(f"train: {p.architecture} adapters on {summary['modules']} modules: {summary['parameters']:,} parameters "
+        f"= {summary['percent_of_base']:.2f} % of the base's {summary['base_parameters']:,}")
+    opt = torch.optim.Adam(adapters.parameters(), lr=p.lr, weight_decay=0.0)
+    batches = ShuffleBuffer(store, p.batch_size, p.buffer_trajectories, p.seed)
+    torch.manual_seed(p.seed)
+    run_id = hashlib.sha256(json.dumps([asdict(p), store.attrs.get("conditions_sha256"),
+                                        family.fingerprint]).encode()).hexdigest()[:16]
+    step, losses = 0, []
+    state = checkpoint.load(CHECKPOINT)
+    if state is not None and state.get("run_id") == run_id:
+        adapters.load_state_dict(state["adapters"])
+        opt.load_state_dict(state["opt"])
+        batches.restore(state["data"])
+        checkpoint.set_rng_state(state["rng"])
+        step, losses = state["step"], state["losses"]
+        log(f"train: resuming from {CHECKPOINT} at step {step}")
+    autocast = DTYPES.get(p.autocast) if p.autocast != "none" else None
+    warmup = int(p.warmup_fraction * p.steps)
+    from dvclive import Live
+
+    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=step > 0) as live, \
+            Tracker("train", p.steps, start=step) as tracker:
+        while step < p.steps:
+            lr = warmup_cosine(step, p.steps, warmup, p.lr)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            b = batches.next_batch()
+            x = torch.from_numpy(b["x"]).to(family.device)
+            target = torch.from_numpy(b["target"]).to(family.device)
+            t = torch.from_numpy(b["t"]).to(family.device)
+            w = torch.from_numpy(b["w"]).to(family.device)
+            cond = family.condition_batch({k[5:]: v for k, v in b.items() if k.startswith("cond/")})
+            with torch.autocast(family.device.type, dtype=autocast, enabled=autocast is not None):
+                out = adapters(family, x, t, cond, w)
+            loss = F.mse_loss(family.guided_channels(out).float(), family.guided_channels(target).float())
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            adapters.release()
+            step += 1
+            losses.append(loss.item())
+            tracker.advance(1, loss=sum(losses[-20:]) / len(losses[-20:]), lr=lr)
+            if step % 10 == 0 or step == p.steps:
+                live.step = step
+                live.log_metric("loss", sum(losses[-10:]) / len(losses[-10:]))
+                live.log_metric("lr", lr)
+                live.next_step()
+            if step % p.checkpoint_every == 0 and step < p.steps:
+                checkpoint.save(CHECKPOINT, {"run_id": run_id, "adapters": adapters.state_dict(), "opt": opt.state_dict(),
+                                             "data": batches.state(), "rng": checkpoint.rng_state(), "step": step,
+                                             "losses": losses})
+    adapters.save(Path(p.output))
+    first = sum(losses[:20]) / min(len(losses), 20)
+    final = sum(losses[-50:]) / min(len(losses), 50)
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
+    REPORT.write_text(json.dumps({"initial_loss": round(first, 6), "final_loss": round(final, 6), "steps": p.steps,
+                                  **summary}, indent=2) + "\n")
+    CHECKPOINT.unlink(missing_ok=True)
+    log(f"train: loss {first:.5f} -> {final:.5f}; adapters saved to {p.output}")

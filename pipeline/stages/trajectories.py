@@ -1,0 +1,106 @@
+"""Stage `trajectories`: CFG-guided sampling trajectories of the frozen base, into the Zarr store.
+
+Resumable: trajectories are made in fixed batches; a re-run skips every finished trajectory
+and recomputes only unfinished batches (whole batches, so results do not depend on where a
+run was interrupted).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import __version__
+from pipeline.backends import load_base
+from pipeline.config import load_section
+from pipeline.errors import AGDError
+from pipeline.progress import Tracker, log
+from pipeline.sampling import make_scheduler, sample
+from pipeline.stages import conditions as conditions_stage
+from pipeline.store import StoreLock, TrajectoryStore
+
+
+def _jsonable(config) -> dict:
+    return json.loads(json.dumps(dict(config), default=str))
+
+
+def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
+    """What a store made now, with these inputs, records about its making."""
+    scheduler = make_scheduler(traj_params.scheduler, family.scheduler_config, traj_params.num_steps)
+    cond_sha = hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
+    return {
+        "base": family.identity(),
+        "scheduler": traj_params.scheduler,
+        "scheduler_config": _jsonable(scheduler.config),
+        "num_steps": traj_params.num_steps,
+        "batch_size": traj_params.batch_size,
+        "w_range": cond_doc["w_range"],
+        "condition": cond_doc["condition"],
+        "conditions_sha256": cond_sha,
+        "prediction_type": family.scheduler_config.get("prediction_type", "epsilon"),
+    }
+
+
+# Attributes that must match for a store to be resumed, trained on or verified against params.
+PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "batch_size")
+
+
+def mismatches(attrs: dict, expected: dict, keys=PROVENANCE_KEYS) -> list[str]:
+    return [k for k in keys if attrs.get(k) != expected.get(k)]
+
+
+def run() -> None:
+    base, p = load_section("base"), load_section("trajectories")
+    cond_doc = conditions_stage.read()
+    family = load_base(base.backend, base.path, base.dtype)
+    if cond_doc["backend"] != family.spec.name:
+        raise AGDError(str(conditions_stage.CONDITIONS_FILE), f"made for backend {cond_doc['backend']}",
+                       "re-run `agd conditions` after changing base.backend")
+    items = cond_doc["items"]
+    n = len(items)
+    w_all = np.array([i["w"] for i in items], np.float32)
+    seeds = np.array([i["seed"] for i in items], np.int64)
+    cond_all = family.condition_arrays(items)
+    attrs = expected_attrs(family, p, cond_doc)
+    path = Path(p.output)
+    with StoreLock(path):
+        store = None
+        if (path / "zarr.json").exists():
+            store = TrajectoryStore.open(path, mode="r+")
+            stale = mismatches(store.attrs, attrs)
+            if stale:
+                log(f"trajectories: {path} was made with other {', '.join(stale)}: rebuilding it")
+                store = None
+        if store is None:
+            scheduler = make_scheduler(p.scheduler, family.scheduler_config, p.num_steps)
+            x_shape = family.latent_shape
+            out_channels = family.denoiser.config.out_channels
+            store = TrajectoryStore.create(path, {**attrs, "created_by": f"agd {__version__}"}, p.num_steps,
+                                           x_shape, (out_channels, *x_shape[1:]), scheduler.timesteps.numpy(),
+                                           w_all, seeds, cond_all)
+        done = store.done()
+        todo = [range(s, min(s + p.batch_size, n)) for s in range(0, n, p.batch_size)]
+        todo = [b for b in todo if not done[list(b)].all()]
+        log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {sum(len(b) for b in todo)} to make "
+            f"({p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
+        with Tracker("trajectories", n, start=int(done.sum())) as tracker:
+            for batch in todo:
+                idx = list(batch)
+                cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
+                xs, outs = [], []
+
+                def record(step, x_t, t, out):
+                    xs.append(x_t.float().cpu())
+                    outs.append(out.float().cpu())
+
+                sample(family, cond, seeds[idx], torch.from_numpy(w_all[idx]), p.scheduler, p.num_steps,
+                       mode="cfg", record=record)
+                arrays = {"x": torch.stack(xs, 1).numpy(), "target": torch.stack(outs, 1).numpy()}
+                missing = [row for row, i in enumerate(idx) if not done[i]]
+                store.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
+                tracker.advance(len(missing))
+    log(f"trajectories: store complete: {path}")

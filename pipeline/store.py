@@ -1,0 +1,170 @@
+"""The trajectory store: a Zarr v3 group of CFG-guided sampling trajectories.
+
+Layout (N trajectories of S steps, latent shape C x H x W, model output channels C_out):
+
+    x        (N, S, C, H, W)      float32  model inputs x_t            one chunk per trajectory
+    target   (N, S, C_out, H, W)  float32  CFG output (model's own parameterisation), same chunks
+    t        (S,)                 int64    the sampler's timesteps (the same for every trajectory)
+    w        (N,)                 float32  guidance scale per trajectory
+    seed     (N,)                 int64    noise seed per trajectory
+    cond/*   (N, ...)             condition arrays (class label; prompt embeddings for text models)
+    done     (N,)                 bool     completion mask, written after a batch's chunks
+
+Crash safety: a new store is built under `<path>.creating` and renamed into place; chunk files
+are replaced atomically by zarr's local store; `done[i]` is set only after trajectory i's chunks
+are on disk, and finished trajectories are never written again. Blosc (zstd) compresses and
+CRC32C checks every chunk, so a corrupted chunk fails loudly instead of decoding into noise.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec, BloscShuffle, Crc32cCodec
+
+from pipeline import __version__
+from pipeline.errors import AGDError
+
+FORMAT_VERSION = 1
+TRAJECTORY_ARRAYS = ("x", "target")
+
+
+def _compressors():
+    return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle), Crc32cCodec()]
+
+
+class StoreLock:
+    """Exclusive writer lock: a second writer of the same store is refused, not interleaved."""
+
+    def __init__(self, path: Path):
+        self.file = Path(str(path) + ".lock")
+
+    def __enter__(self):
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        self.fd = open(self.file, "w")
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.fd.close()
+            raise AGDError(str(self.file.with_suffix("")), "another process is writing this store",
+                           "wait for it to finish (or stop it) and run again") from None
+        return self
+
+    def __exit__(self, *exc):
+        fcntl.flock(self.fd, fcntl.LOCK_UN)
+        self.fd.close()
+        return False
+
+
+class TrajectoryStore:
+    def __init__(self, path: Path, group: zarr.Group):
+        self.path, self.group = Path(path), group
+
+    # --- creating and opening ----------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, attrs: dict, num_steps: int, x_shape: tuple, target_shape: tuple,
+               timesteps: np.ndarray, w: np.ndarray, seeds: np.ndarray, cond: dict[str, np.ndarray]) -> "TrajectoryStore":
+        """Build a complete empty store under a temporary name, then move it into place."""
+        path = Path(path)
+        tmp = Path(str(path) + ".creating")
+        if tmp.exists():
+            shutil.rmtree(tmp)  # left by a run killed while creating: nothing in it was finished
+        n = len(w)
+        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        group.attrs.update({**attrs, "format_version": FORMAT_VERSION, "package_version": __version__,
+                            "num_trajectories": n, "num_steps": num_steps})
+        for name, shape in (("x", x_shape), ("target", target_shape)):
+            group.create_array(name, shape=(n, num_steps, *shape), chunks=(1, num_steps, *shape),
+                               dtype="float32", compressors=_compressors(), fill_value=0.0)
+        small = {"t": np.asarray(timesteps, np.int64), "w": np.asarray(w, np.float32),
+                 "seed": np.asarray(seeds, np.int64), "done": np.zeros(n, bool)}
+        small.update({f"cond/{k}": v for k, v in cond.items()})
+        for name, values in small.items():
+            row_bytes = max(values[0].nbytes, 1) if len(values) else 1
+            rows = int(min(len(values), max(1, (4 << 20) // row_bytes)))  # ~4 MB chunks at most
+            arr = group.create_array(name, shape=values.shape, chunks=(rows, *values.shape[1:]),
+                                     dtype=values.dtype, compressors=_compressors(),
+                                     fill_value=False if values.dtype == bool else 0)
+            arr[...] = values
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+        return cls.open(path, mode="r+")
+
+    @classmethod
+    def open(cls, path: Path, mode: str = "r") -> "TrajectoryStore":
+        path = Path(path)
+        if not (path / "zarr.json").exists():
+            raise AGDError(str(path), "not a trajectory store (no zarr.json)", "run `agd trajectories` (dvc repro) to make it")
+        try:
+            group = zarr.open_group(str(path), mode=mode)
+            attrs = dict(group.attrs)
+        except Exception as err:  # zarr raises many types for damaged metadata
+            raise AGDError(str(path), f"unreadable store metadata ({type(err).__name__})",
+                           "delete the store and run `agd trajectories` again") from None
+        if attrs.get("format_version") != FORMAT_VERSION:
+            raise AGDError(str(path), f"store format {attrs.get('format_version')!r}, this version reads "
+                           f"{FORMAT_VERSION}", "delete the store and run `agd trajectories` again")
+        store = cls(path, group)
+        for name in ("x", "target", "t", "w", "seed", "done"):
+            if name not in group:
+                raise AGDError(str(path / name), "array missing (truncated store)",
+                               "delete the store and run `agd trajectories` again")
+        return store
+
+    # --- reading -----------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict:
+        return dict(self.group.attrs)
+
+    def __len__(self) -> int:
+        return self.group["w"].shape[0]
+
+    @property
+    def cond_names(self) -> list[str]:
+        return sorted(self.group["cond"].array_keys()) if "cond" in self.group else []
+
+    def done(self) -> np.ndarray:
+        return self.group["done"][...]
+
+    def is_complete(self) -> bool:
+        return bool(self.done().all())
+
+    def meta(self) -> dict[str, np.ndarray]:
+        """Per-trajectory small arrays: w, seed and the condition arrays (prefixed cond/)."""
+        out = {"w": self.group["w"][...], "seed": self.group["seed"][...], "t": self.group["t"][...]}
+        for name in self.cond_names:
+            out[f"cond/{name}"] = self.group[f"cond/{name}"][...]
+        return out
+
+    def read(self, i: int) -> dict[str, np.ndarray]:
+        """One whole trajectory (one chunk per array: the fast way to read this store)."""
+        try:
+            return {name: self.group[name][i] for name in TRAJECTORY_ARRAYS}
+        except Exception as err:
+            raise AGDError(f"{self.path} trajectory {i}", f"chunk unreadable ({type(err).__name__}: "
+                           f"{str(err)[:100]})", "the store is damaged: run `agd verify`, delete it and re-run "
+                           "`agd trajectories`") from None
+
+    # --- writing -----------------------------------------------------------------------------
+    def write(self, indices, arrays: dict[str, np.ndarray]) -> None:
+        """Write finished trajectories' chunks, then mark them done (in that order)."""
+        done = self.done()
+        if done[list(indices)].any():
+            raise RuntimeError(f"trajectories {list(np.flatnonzero(done[list(indices)]))} are finished already")
+        for row, i in enumerate(indices):
+            for name in TRAJECTORY_ARRAYS:
+                self.group[name][i] = arrays[name][row]
+        done[list(indices)] = True
+        self.group["done"][...] = done  # one small chunk, replaced atomically
+
+
+def describe(path: Path) -> str:
+    store = TrajectoryStore.open(path)
+    a = store.attrs
+    return json.dumps({k: a[k] for k in ("backend", "num_trajectories", "num_steps", "scheduler") if k in a})
