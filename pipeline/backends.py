@@ -215,9 +215,10 @@ class DiTFamily(Family):
         except (OSError, ValueError, EnvironmentError) as err:
             raise _load_error(path, err) from None
         family = cls(spec, path, transformer, scheduler_config, vae)  # fingerprint in full precision
-        transformer.to(dtype)
-        if vae is not None:
-            vae.to(dtype)
+        if dtype != torch.float32:  # a frozen half-precision base: the memory-saving default on GPUs
+            transformer.to(dtype)
+            if vae is not None:
+                vae.to(dtype)
         return family.freeze()
 
     def modules(self):

@@ -1,0 +1,81 @@
+"""Adapters: identity at init, only adapters train, w matters once trained, AGD moves towards CFG."""
+
+import pytest
+import torch
+
+from pipeline.adapters import AdapterSet
+from pipeline.backends import load_base
+from pipeline.errors import AGDError
+from pipeline.store import TrajectoryStore
+
+
+def _inputs(family, n=6, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, *family.latent_shape, generator=g)
+    t = torch.randint(0, 1000, (n,), generator=g)
+    cond = {"labels": torch.randint(0, 10, (n,), generator=g)}
+    return x, t, cond
+
+
+@pytest.mark.parametrize("architecture", ["offset", "cross_attention"])
+def test_identity_at_init(tiny_base, architecture):
+    family = load_base("mnist-dit", str(tiny_base))
+    x, t, cond = _inputs(family)
+    with torch.no_grad():
+        plain = family.forward(x, t, cond)
+        adapters = AdapterSet(family, architecture, width=16, heads=2).attach(family)
+        for w in (1.0, 3.0, 7.5):
+            out = adapters(family, x, t, cond, torch.full((len(x),), w))
+            assert torch.equal(out, plain), f"untrained {architecture} adapters changed the output at w={w}"
+    assert adapters.num_parameters() > 0
+    assert adapters.summary()["percent_of_base"] > 0
+
+
+@pytest.mark.parametrize("architecture", ["offset", "cross_attention"])
+def test_only_adapter_parameters_train(tiny_base, architecture):
+    family = load_base("mnist-dit", str(tiny_base))
+    before = {k: v.clone() for k, v in family.denoiser.state_dict().items()}
+    adapters = AdapterSet(family, architecture, width=16, heads=2).attach(family)
+    opt = torch.optim.Adam(adapters.parameters(), lr=1e-2)
+    x, t, cond = _inputs(family)
+    w = torch.linspace(1, 5, len(x))
+    target = family.forward(x, t, cond).detach() + 0.1 * w.view(-1, 1, 1, 1)  # output must depend on w
+    losses = []
+    for _ in range(40):
+        loss = (adapters(family, x, t, cond, w) - target).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0]
+    assert all(torch.equal(before[k], v) for k, v in family.denoiser.state_dict().items())
+    assert all(not p.requires_grad for p in family.denoiser.parameters())
+
+
+def test_trained_adapters_depend_on_w_and_move_towards_cfg(tiny_project):
+    family = load_base("mnist-dit", str(tiny_project / "models" / "base-mnist-dit"))
+    adapters = AdapterSet.load(tiny_project / "models" / "adapters", family)
+    store = TrajectoryStore.open(tiny_project / "data" / "trajectories.zarr")
+    meta = store.meta()
+    err_agd = err_base = 0.0
+    with torch.no_grad():
+        for i in range(len(store)):
+            traj = store.read(i)
+            x, target = torch.from_numpy(traj["x"]), torch.from_numpy(traj["target"])
+            t = torch.from_numpy(meta["t"])
+            cond = {"labels": torch.from_numpy(meta["cond/labels"][[i] * len(t)])}
+            w = torch.full((len(t),), float(meta["w"][i]))
+            err_agd += (adapters(family, x, t, cond, w) - target).pow(2).sum().item()
+            err_base += (family.forward(x, t, cond) - target).pow(2).sum().item()
+        x, t, cond = _inputs(family)
+        low = adapters(family, x, t, cond, torch.full((len(x),), 1.5))
+        high = adapters(family, x, t, cond, torch.full((len(x),), 4.5))
+    assert err_agd < 0.9 * err_base, "one AGD pass is not closer to the stored CFG output than the plain base"
+    assert (high - low).abs().max() > 1e-3, "trained adapters ignore w"
+
+
+def test_adapters_refuse_another_base(tiny_project):
+    family = load_base("mnist-dit", str(tiny_project / "models" / "base-mnist-dit"))
+    family.fingerprint = "another-base"
+    with pytest.raises(AGDError, match="made for base"):
+        AdapterSet.load(tiny_project / "models" / "adapters", family)
