@@ -72,7 +72,9 @@ def state_fingerprint(module: nn.Module) -> str:
 
 def _check_path(path: str) -> None:
     """A local path must exist; anything else is a hub id, which needs the network."""
-    looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+    first = path.split("/")[0]
+    looks_local = (path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+                   or Path(first).is_dir())  # "models/x": a folder under an existing local directory
     if looks_local and not Path(path).is_dir():
         raise AGDError(f"base.path {path}", "no such model folder",
                        "point base.path at a diffusers save_pretrained folder or a hub id such as "

@@ -258,9 +258,8 @@ def _check_relations(name: str, p, path: Path) -> None:
 
 
 def load_section(name: str, path: Path = PARAMS_FILE):
-    """Read params.yaml, validate the whole file's structure and return one section."""
-    raw = read_params(path)
-    return parse_section(name, raw.get(name), path)
+    """Read params.yaml, validate every section (a typo anywhere is reported at once), return one."""
+    return load_all(path)[name]
 
 
 def load_all(path: Path = PARAMS_FILE) -> dict:
