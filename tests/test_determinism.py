@@ -1,0 +1,34 @@
+"""Same params and seeds on the same machine: identical conditions, store, adapters and metrics."""
+
+import json
+import shutil
+
+from tests.conftest import agd
+from tests.test_crash import _chunks
+
+WALL_CLOCK = {"seconds_per_image", "time_ratio"}
+
+
+def _without_wall_clock(tree):
+    if isinstance(tree, dict):
+        return {k: _without_wall_clock(v) for k, v in tree.items() if k not in WALL_CLOCK}
+    return tree
+
+
+def test_rerun_gives_identical_results(project_copy, tiny_project):
+    for output in ["data/conditions.json", "models/adapters", "reports/metrics.json", "reports/samples.png"]:
+        path = project_copy / output
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+    shutil.rmtree(project_copy / "data" / "trajectories.zarr")
+    for stage in ["conditions", "trajectories", "train", "evaluate"]:
+        agd(project_copy, stage)
+    a, b = project_copy, tiny_project
+    assert (a / "data/conditions.json").read_bytes() == (b / "data/conditions.json").read_bytes()
+    assert _chunks(a / "data/trajectories.zarr") == _chunks(b / "data/trajectories.zarr")
+    assert (a / "data/trajectories.zarr/zarr.json").read_bytes() == (b / "data/trajectories.zarr/zarr.json").read_bytes()
+    assert (a / "models/adapters/adapters.safetensors").read_bytes() == \
+        (b / "models/adapters/adapters.safetensors").read_bytes()
+    metrics_a = json.loads((a / "reports/metrics.json").read_text())
+    metrics_b = json.loads((b / "reports/metrics.json").read_text())
+    assert _without_wall_clock(metrics_a) == _without_wall_clock(metrics_b)
+    assert (a / "reports/samples.png").read_bytes() == (b / "reports/samples.png").read_bytes()
