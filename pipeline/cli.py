@@ -25,6 +25,10 @@ def _setup() -> None:
 
     dlog.disable_progress_bar()
     dlog.set_verbosity_error()
+    from transformers.utils import logging as tlog
+
+    tlog.disable_progress_bar()
+    tlog.set_verbosity_error()
 
 
 def _guard(fn, *args, **kwargs):

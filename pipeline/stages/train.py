@@ -110,7 +110,7 @@ def run() -> None:
                                              "losses": losses})
     adapters.save(Path(p.output))
     first = sum(losses[:20]) / min(len(losses), 20)
-    final = sum(losses[-50:]) / min(len(losses), 50)
+    final = sum(losses[-20:]) / min(len(losses), 20)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps({"initial_loss": round(first, 6), "final_loss": round(final, 6), "steps": p.steps,
                                   **summary}, indent=2) + "\n")

@@ -66,6 +66,7 @@ def run() -> None:
     seeds = np.array([i["seed"] for i in items], np.int64)
     cond_all = family.condition_arrays(items)
     attrs = expected_attrs(family, p, cond_doc)
+    extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
     path = Path(p.output)
     with StoreLock(path):
         store = None
@@ -79,7 +80,7 @@ def run() -> None:
             scheduler = make_scheduler(p.scheduler, family.scheduler_config, p.num_steps)
             x_shape = family.latent_shape
             out_channels = family.denoiser.config.out_channels
-            store = TrajectoryStore.create(path, {**attrs, "created_by": f"agd {__version__}"}, p.num_steps,
+            store = TrajectoryStore.create(path, {**attrs, **extra, "created_by": f"agd {__version__}"}, p.num_steps,
                                            x_shape, (out_channels, *x_shape[1:]), scheduler.timesteps.numpy(),
                                            w_all, seeds, cond_all)
         done = store.done()
