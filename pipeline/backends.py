@@ -64,6 +64,9 @@ def state_fingerprint(module: nn.Module) -> str:
     """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict."""
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
+        if tensor.is_meta:  # shape-only models (size reports, benchmarks): names and shapes identify them
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            continue
         t = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
         digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")

@@ -163,6 +163,28 @@ def sample(
     _guard(go)
 
 
+@app.command()
+def preset(name: str = typer.Argument(..., help="dit-xl-2, sd21, sdxl (the paper's settings) or mnist (the default).")) -> None:
+    """Switch params.yaml to a backend preset (the previous file is kept as params.yaml.bak)."""
+
+    def go():
+        import shutil
+
+        from pipeline.config import load_all
+
+        source = Path("presets") / f"{name}.yaml"
+        if not source.exists():
+            names = sorted(p.stem for p in Path("presets").glob("*.yaml"))
+            raise AGDError(f"preset {name}", "unknown preset", f"use one of {', '.join(names)}")
+        load_all(source)  # a preset is validated like params.yaml before it replaces it
+        if Path("params.yaml").exists():
+            shutil.copy2("params.yaml", "params.yaml.bak")
+        shutil.copy2(source, "params.yaml")
+        print(f"preset: params.yaml now holds {source} (previous file: params.yaml.bak)")
+
+    _guard(go)
+
+
 def main() -> None:
     app()
 
