@@ -33,17 +33,17 @@ def main():
         adapters = AdapterSet.load(Path(args.adapters), family)
     else:
         adapters = AdapterSet(family).attach(family)
-    print(f"threads {args.threads}, {args.steps} DDIM steps")
+    print(f"threads {args.threads}, {args.steps} DPM-Solver++ steps")
     for batch in (int(b) for b in args.batches.split(",")):
         cond = {"labels": torch.arange(batch) % 10}
         seeds = list(range(batch))
         times = {}
         for mode in ("cfg", "agd"):
-            sample(family, cond, seeds, torch.full((batch,), 3.0), "DDIMScheduler", 2, mode=mode, adapters=adapters)
+            sample(family, cond, seeds, torch.full((batch,), 3.0), "DPMSolverMultistepScheduler", 2, mode=mode, adapters=adapters)
             repeats = max(1, 64 // batch)
             start = time.perf_counter()
             for _ in range(repeats):
-                sample(family, cond, seeds, torch.full((batch,), 3.0), "DDIMScheduler", args.steps, mode=mode,
+                sample(family, cond, seeds, torch.full((batch,), 3.0), "DPMSolverMultistepScheduler", args.steps, mode=mode,
                        adapters=adapters)
             times[mode] = (time.perf_counter() - start) / (repeats * batch)
         print(f"batch {batch:>4}: CFG {times['cfg'] * 1e3:8.2f} ms/image  AGD {times['agd'] * 1e3:8.2f} ms/image  "

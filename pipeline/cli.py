@@ -124,7 +124,7 @@ def sample(
     backend: str = typer.Option(None, help="Backend (default: base.backend in params.yaml)."),
     base_path: str = typer.Option(None, "--base", help="Base model folder or hub id (default: base.path)."),
     adapters: str = typer.Option(None, help="Adapter folder from `agd train` (default: train.output)."),
-    steps: int = typer.Option(25, min=1, help="Sampler steps."),
+    steps: int = typer.Option(25, min=1, help="Sampler steps (the sampler is trajectories.scheduler)."),
     seed: int = typer.Option(0, help="Seed of the first sample; the others follow."),
     guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
@@ -155,7 +155,7 @@ def sample(
         else:
             raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
         images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
-                          guidance=guidance)
+                          scheduler=load_section("trajectories").scheduler, guidance=guidance)
         row = np.concatenate(list(images), axis=1)
         Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(out)
         print(f"sample: {len(conds)} images at w={w:g} ({guidance}) -> {out}")

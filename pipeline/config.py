@@ -38,7 +38,7 @@ class PrepareParams:
 class ClassifierParams:
     """The small CNN that judges class accuracy of generated digits."""
 
-    epochs: int = 4
+    epochs: int = 8
     batch_size: int = 128
     lr: float = 2e-3
     seed: int = 0
@@ -89,7 +89,7 @@ class ConditionsParams:
 class TrajectoriesParams:
     """The CFG sampler whose trajectories become training data."""
 
-    scheduler: str = "DDIMScheduler"
+    scheduler: str = "DPMSolverMultistepScheduler"
     num_steps: int = 25
     batch_size: int = 64
     output: str = "data/trajectories.zarr"

@@ -24,7 +24,7 @@ def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "floa
 
 
 def generate(family, adapters, conditions: list, w: float, seeds=None, num_steps: int = 25,
-             scheduler: str = "DDIMScheduler", guidance: str = "agd") -> np.ndarray:
+             scheduler: str = "DPMSolverMultistepScheduler", guidance: str = "agd") -> np.ndarray:
     """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (2 passes)."""
     if w < 0:
         raise AGDError("w", f"guidance scale {w} is negative", "use w >= 0 (w = 1 is unguided)")
