@@ -120,26 +120,26 @@ def test_adapters_placed_identity_and_training_moves_towards_cfg(trained, backen
     assert fresh.targets and all(name.endswith(pattern) for name in fresh.targets)
     store = TrajectoryStore.open(project / "data/store.zarr")
     meta = store.meta()
-    rows = list(range(min(len(store), 6)))
+
+    def state(i):  # every recorded state of trajectory i, with its condition and w
+        traj = store.read(i)
+        t = torch.from_numpy(meta["t"])
+        cond = family.condition_batch({k[5:]: v[[i] * len(t)] for k, v in meta.items() if k.startswith("cond/")})
+        w = torch.full((len(t),), float(meta["w"][i]))
+        return torch.from_numpy(traj["x"]), t, cond, w, torch.from_numpy(traj["target"])
+
+    rows = range(min(len(store), 6))
     err_trained = err_init = 0.0
     with torch.no_grad():
         for i in rows:
-            traj = store.read(i)
-            x, target = torch.from_numpy(traj["x"]), torch.from_numpy(traj["target"])
-            t = torch.from_numpy(meta["t"])
-            cond = family.condition_batch({k[5:]: v[[i] * len(t)] for k, v in meta.items() if k.startswith("cond/")})
-            w = torch.full((len(t),), float(meta["w"][i]))
+            x, t, cond, w, target = state(i)
             plain = family.forward(x, t, cond)
             assert torch.equal(fresh(family, x, t, cond, w), plain)  # identity at init
             err_init += (family.guided_channels(plain) - family.guided_channels(target)).pow(2).sum().item()
         fresh.detach()
         trained_adapters = AdapterSet.load(project / "models/adapters", family)
         for i in rows:
-            traj = store.read(i)
-            x, target = torch.from_numpy(traj["x"]), torch.from_numpy(traj["target"])
-            t = torch.from_numpy(meta["t"])
-            cond = family.condition_batch({k[5:]: v[[i] * len(t)] for k, v in meta.items() if k.startswith("cond/")})
-            w = torch.full((len(t),), float(meta["w"][i]))
+            x, t, cond, w, target = state(i)
             out = trained_adapters(family, x, t, cond, w)
             err_trained += (family.guided_channels(out) - family.guided_channels(target)).pow(2).sum().item()
     assert err_trained < err_init, "AGD's one pass did not move towards the two-pass CFG output"
