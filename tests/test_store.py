@@ -97,3 +97,21 @@ def test_second_writer_is_refused(project_copy):
 def test_open_refuses_what_is_not_a_store(tmp_path):
     with pytest.raises(AGDError, match="not a trajectory store"):
         TrajectoryStore.open(tmp_path)
+
+
+def test_store_attributes_do_not_depend_on_the_process(tiny_base):
+    """Attributes are compared to decide resume vs rebuild: they must not vary with hash seeds."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import json; from pipeline.backends import load_base; from pipeline.stages.trajectories import _jsonable; "
+            "from pipeline.sampling import make_scheduler; "
+            f"f = load_base('mnist-dit', {str(tiny_base)!r}); "
+            "print(json.dumps(_jsonable(make_scheduler('DPMSolverMultistepScheduler', f.scheduler_config, 5).config)))")
+    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                              env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}).stdout
+               for seed in ("1", "2", "3")}
+    assert len(outputs) == 1

@@ -25,7 +25,10 @@ from pipeline.store import StoreLock, TrajectoryStore
 
 
 def _jsonable(config) -> dict:
-    return json.loads(json.dumps(dict(config), default=str))
+    """A scheduler config as stable JSON: diffusers' private keys ("_use_default_values" is a list in
+    set order, which changes between processes; "_diffusers_version" between installs) are left out."""
+    public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
+    return json.loads(json.dumps(public, default=str, sort_keys=True))
 
 
 def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
