@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -418,6 +417,3 @@ def load_base(backend: str, path: str, dtype: str = "float32") -> Family:
         raise AGDError(f"base.backend {backend}", "family not available", f"use one of {', '.join(FAMILIES)}")
     return FAMILIES[spec.family].load(spec, path, DTYPES[dtype])
 
-
-def read_json(path: Path) -> dict:
-    return json.loads(Path(path).read_text())

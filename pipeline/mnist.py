@@ -42,11 +42,6 @@ def to_model_space(images: np.ndarray | torch.Tensor) -> torch.Tensor:
     return (x / 127.5 - 1.0).unsqueeze(1)
 
 
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """Model space (N, 1, H, W) in [-1, 1] -> uint8 (N, H, W)."""
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).squeeze(1)
-
-
 def load_split(data_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     arrays = np.load(data_dir / "mnist.npz")
     return arrays[f"{split}_x"], arrays[f"{split}_y"]

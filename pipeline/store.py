@@ -19,7 +19,6 @@ CRC32C checks every chunk, so a corrupted chunk fails loudly instead of decoding
 from __future__ import annotations
 
 import fcntl
-import json
 import shutil
 from pathlib import Path
 
@@ -163,8 +162,3 @@ class TrajectoryStore:
         done[list(indices)] = True
         self.group["done"][...] = done  # one small chunk, replaced atomically
 
-
-def describe(path: Path) -> str:
-    store = TrajectoryStore.open(path)
-    a = store.attrs
-    return json.dumps({k: a[k] for k in ("backend", "num_trajectories", "num_steps", "scheduler") if k in a})
