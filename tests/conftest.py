@@ -50,6 +50,12 @@ def agd(project: Path, *args: str, check: bool = True, timeout: float = 600) -> 
     return done
 
 
+def chunk_files(store: Path) -> dict[str, bytes]:
+    """Every chunk file of a Zarr store by relative path: to compare stores byte for byte."""
+    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
+            if p.is_file() and "/c/" in str(p.relative_to(store))}
+
+
 def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

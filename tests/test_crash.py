@@ -14,18 +14,13 @@ import numpy as np
 import yaml
 
 from pipeline.store import TrajectoryStore
-from tests.conftest import ROOT, agd
+from tests.conftest import ROOT, agd, chunk_files
 
 
 def _spawn(project: Path, command: str) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen([sys.executable, "-m", "pipeline.cli", command], cwd=project, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _chunks(store: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store)): p.read_bytes() for p in sorted(store.rglob("*"))
-            if p.is_file() and "/c/" in str(p.relative_to(store))}
 
 
 def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
@@ -49,7 +44,7 @@ def _check_consistent(store_path: Path, reference: dict[str, bytes]) -> int:
         return 0
     store = TrajectoryStore.open(store_path)
     done = store.done()
-    files = _chunks(store_path)
+    files = chunk_files(store_path)
     for i in np.flatnonzero(done):
         for name in ("x", "target"):
             key = f"{name}/c/{i}/0/0/0/0"
@@ -59,7 +54,7 @@ def _check_consistent(store_path: Path, reference: dict[str, bytes]) -> int:
 
 def test_sigkill_trajectories_at_many_points(project_copy, tiny_project):
     store_path = project_copy / "data" / "trajectories.zarr"
-    reference = _chunks(tiny_project / "data" / "trajectories.zarr")
+    reference = chunk_files(tiny_project / "data" / "trajectories.zarr")
     shutil.rmtree(store_path)
 
     def creating():
@@ -74,13 +69,13 @@ def test_sigkill_trajectories_at_many_points(project_copy, tiny_project):
     points = [("creating", creating)] + [(f"{k} chunk files", files_at_least(k)) for k in (1, 3, 8, 15, 16, 17, 25, 33, 39)]
     history = []
     for label, ready in points:
-        before = _chunks(store_path) if store_path.exists() else {}
+        before = chunk_files(store_path) if store_path.exists() else {}
         finished_before = _check_consistent(store_path, reference)
         done_before = TrajectoryStore.open(store_path).done() if finished_before else np.zeros(20, bool)
         killed = _kill_when(_spawn(project_copy, "trajectories"), ready)
         finished = _check_consistent(store_path, reference)
         assert finished >= finished_before
-        after = _chunks(store_path) if store_path.exists() else {}
+        after = chunk_files(store_path) if store_path.exists() else {}
         for i in np.flatnonzero(done_before):  # finished work is never touched again
             for name in ("x", "target"):
                 key = f"{name}/c/{i}/0/0/0/0"
@@ -90,7 +85,7 @@ def test_sigkill_trajectories_at_many_points(project_copy, tiny_project):
     agd(project_copy, "trajectories")
     store = TrajectoryStore.open(store_path)
     assert store.is_complete()
-    assert _chunks(store_path) == reference  # every trajectory exactly once, identical to an uninterrupted run
+    assert chunk_files(store_path) == reference  # every trajectory exactly once, identical to an uninterrupted run
     agd(project_copy, "verify")
 
 

@@ -3,8 +3,7 @@
 import json
 import shutil
 
-from tests.conftest import agd
-from tests.test_crash import _chunks
+from tests.conftest import agd, chunk_files
 
 WALL_CLOCK = {"seconds_per_image", "time_ratio"}
 
@@ -24,7 +23,7 @@ def test_rerun_gives_identical_results(project_copy, tiny_project):
         agd(project_copy, stage)
     a, b = project_copy, tiny_project
     assert (a / "data/conditions.json").read_bytes() == (b / "data/conditions.json").read_bytes()
-    assert _chunks(a / "data/trajectories.zarr") == _chunks(b / "data/trajectories.zarr")
+    assert chunk_files(a / "data/trajectories.zarr") == chunk_files(b / "data/trajectories.zarr")
     assert (a / "data/trajectories.zarr/zarr.json").read_bytes() == (b / "data/trajectories.zarr/zarr.json").read_bytes()
     assert (a / "models/adapters/adapters.safetensors").read_bytes() == \
         (b / "models/adapters/adapters.safetensors").read_bytes()

@@ -1,19 +1,13 @@
 """The trajectory store: round trip, refusal to rewrite, resume after an interruption, one writer."""
 
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from pipeline.errors import AGDError
 from pipeline.store import StoreLock, TrajectoryStore
-from tests.conftest import agd
-
-
-def _chunk_files(store_path: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(store_path)): p.read_bytes()
-            for p in sorted(store_path.rglob("*")) if p.is_file() and "/c/" in str(p.relative_to(store_path)) + "/"}
+from tests.conftest import agd, chunk_files
 
 
 def _make(tmp_path, n=5, steps=3):
@@ -72,18 +66,18 @@ def test_resume_after_interruption(project_copy, tiny_project, monkeypatch):
     interrupted = TrajectoryStore.open(path)
     batch = 8
     assert interrupted.done().tolist() == [True] * batch + [False] * (len(interrupted) - batch)
-    finished_before = _chunk_files(path)
+    finished_before = chunk_files(path)
 
     written = []
     monkeypatch.setattr(TrajectoryStore, "write", lambda self, idx, arr: (written.extend(idx), original(self, idx, arr)))
     trajectories.run()
     assert sorted(written) == list(range(batch, len(interrupted)))  # only what was missing, each once
-    after = _chunk_files(path)
+    after = chunk_files(path)
     for name in ("x", "target"):
         for i in range(batch):
             key = f"{name}/c/{i}/0/0/0/0"
             assert after[key] == finished_before[key]  # finished trajectories untouched
-    uninterrupted = _chunk_files(tiny_project / "data" / "trajectories.zarr")
+    uninterrupted = chunk_files(tiny_project / "data" / "trajectories.zarr")
     assert after == uninterrupted  # the resumed store equals an uninterrupted one, byte for byte
 
 
