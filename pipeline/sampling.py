@@ -14,14 +14,27 @@ import torch
 from pipeline.errors import AGDError
 
 
-def make_scheduler(name: str, base_config: dict, num_steps: int):
-    """A diffusers scheduler class by name, configured like the base model's own scheduler."""
+def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num_steps"):
+    """A diffusers scheduler class by name, configured like the base model's own scheduler.
+
+    `key` names the setting the step count came from, for the error when the scheduler refuses it.
+    """
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise AGDError(f"params.yaml: scheduler {name!r}", "not a diffusers scheduler class",
                        "use e.g. DDIMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler")
     scheduler = cls.from_config(base_config)
-    scheduler.set_timesteps(num_steps)
+    # More steps than the model has training timesteps repeat timesteps (some schedulers accept
+    # it silently, DDIM raises): refuse it the same way for every scheduler.
+    train_steps = scheduler.config.get("num_train_timesteps", 1000)
+    if num_steps > train_steps:
+        raise AGDError(key, f"{num_steps} sampler steps, but the base model has {train_steps} training timesteps",
+                       f"use at most {train_steps} steps")
+    try:
+        scheduler.set_timesteps(num_steps)
+    except (ValueError, RuntimeError) as err:
+        raise AGDError(key, f"{name} refuses {num_steps} steps ({str(err).splitlines()[0][:120]})",
+                       "choose a step count the scheduler accepts") from None
     return scheduler
 
 

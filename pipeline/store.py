@@ -14,6 +14,11 @@ Crash safety: a new store is built under `<path>.creating` and renamed into plac
 are replaced atomically by zarr's local store; `done[i]` is set only after trajectory i's chunks
 are on disk, and finished trajectories are never written again. Blosc (zstd) compresses and
 CRC32C checks every chunk, so a corrupted chunk fails loudly instead of decoding into noise.
+
+Integrity on read: zarr returns the fill value (zeros) for a chunk file that is missing, so
+`read` checks that a finished trajectory's chunk files exist, and that what they hold is finite,
+before anything trains on it. `damaged()` finds every such trajectory; `agd trajectories` marks
+them unfinished and writes only those again.
 """
 
 from __future__ import annotations
@@ -90,8 +95,8 @@ class TrajectoryStore:
                                      dtype=values.dtype, compressors=_compressors(),
                                      fill_value=False if values.dtype == bool else 0)
             arr[...] = values
-        if path.exists():
-            shutil.rmtree(path)
+        if path.exists():  # callers set an old store aside first: never delete one here
+            raise FileExistsError(f"{path} exists; set it aside before creating a new store")
         tmp.rename(path)
         return cls.open(path, mode="r+")
 
@@ -141,14 +146,48 @@ class TrajectoryStore:
             out[f"cond/{name}"] = self.group[f"cond/{name}"][...]
         return out
 
+    def chunk_file(self, name: str, i: int) -> Path:
+        """The file holding trajectory i of array `name` (one chunk per trajectory)."""
+        array = self.group[name]
+        return self.path / name / array.metadata.encode_chunk_key((i,) + (0,) * (array.ndim - 1))
+
+    def missing_chunks(self, i: int) -> list[str]:
+        return [name for name in TRAJECTORY_ARRAYS if not self.chunk_file(name, i).exists()]
+
     def read(self, i: int) -> dict[str, np.ndarray]:
-        """One whole trajectory (one chunk per array: the fast way to read this store)."""
+        """One whole finished trajectory (one chunk per array: the fast way to read this store),
+        refused unless its chunk files exist, decode and hold only finite values."""
+        problem = self.problem_with(i)
+        if isinstance(problem, str):
+            raise AGDError(f"{self.path} trajectory {i}", problem,
+                           "run `agd trajectories` (or dvc repro): it rewrites only the damaged trajectories; "
+                           "`agd verify` lists them")
+        return problem
+
+    def problem_with(self, i: int) -> dict[str, np.ndarray] | str:
+        """Trajectory i's arrays, or what is wrong with them (a missing, unreadable or non-finite chunk)."""
+        missing = self.missing_chunks(i)
+        if missing:
+            return f"chunk file {self.chunk_file(missing[0], i).relative_to(self.path)} is missing"
         try:
-            return {name: self.group[name][i] for name in TRAJECTORY_ARRAYS}
-        except Exception as err:
-            raise AGDError(f"{self.path} trajectory {i}", f"chunk unreadable ({type(err).__name__}: "
-                           f"{str(err)[:100]})", "the store is damaged: run `agd verify`, delete it and re-run "
-                           "`agd trajectories`") from None
+            arrays = {name: self.group[name][i] for name in TRAJECTORY_ARRAYS}
+        except Exception as err:  # zarr and the codecs raise many types for a damaged chunk
+            return f"chunk unreadable ({type(err).__name__}: {str(err)[:100]})"
+        for name, values in arrays.items():
+            if not np.isfinite(values).all():
+                return f"{name} holds {int((~np.isfinite(values)).sum())} non-finite values"
+        return arrays
+
+    def damaged(self, progress=None) -> dict[int, str]:
+        """Every finished trajectory that cannot be trained on, with the reason (reads the whole store)."""
+        found = {}
+        for i in np.flatnonzero(self.done()):
+            problem = self.problem_with(int(i))
+            if isinstance(problem, str):
+                found[int(i)] = problem
+            if progress is not None:
+                progress(1)
+        return found
 
     # --- writing -----------------------------------------------------------------------------
     def write(self, indices, arrays: dict[str, np.ndarray]) -> None:
@@ -156,9 +195,23 @@ class TrajectoryStore:
         done = self.done()
         if done[list(indices)].any():
             raise RuntimeError(f"trajectories {list(np.flatnonzero(done[list(indices)]))} are finished already")
+        for name in TRAJECTORY_ARRAYS:  # never store what no one could train on
+            bad = [int(indices[r]) for r in range(len(indices)) if not np.isfinite(arrays[name][r]).all()]
+            if bad:
+                w, seed = self.group["w"][bad[0]], self.group["seed"][bad[0]]
+                raise AGDError(f"{self.path} trajectory {bad[0]}", f"CFG sampling produced non-finite {name} "
+                               f"(w = {w:g}, seed {seed}; {len(bad)} trajectories in this batch)",
+                               "a half-precision base can overflow: use base.dtype bfloat16 or float32, "
+                               "or lower conditions.w_max")
         for row, i in enumerate(indices):
             for name in TRAJECTORY_ARRAYS:
                 self.group[name][i] = arrays[name][row]
         done[list(indices)] = True
         self.group["done"][...] = done  # one small chunk, replaced atomically
+
+    def unmark(self, indices) -> None:
+        """Mark damaged trajectories unfinished, so that the next write replaces them."""
+        done = self.done()
+        done[list(indices)] = False
+        self.group["done"][...] = done
 

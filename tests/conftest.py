@@ -40,9 +40,10 @@ TINY = {
 }
 
 
-def agd(project: Path, *args: str, check: bool = True, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run the real `agd` CLI in `project`."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+def agd(project: Path, *args: str, check: bool = True, timeout: float = 600,
+        env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `agd` CLI in `project` (`env`: extra environment variables)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
     done = subprocess.run([sys.executable, "-m", "pipeline.cli", *args], cwd=project, env=env,
                           capture_output=True, text=True, timeout=timeout)
     if check and done.returncode:

@@ -73,6 +73,21 @@ def unfinish_store(project: Path):
     done[5] = False
 
 
+def nan_in_trajectory(project: Path):
+    x = zarr.open_array(str(project / "data/trajectories.zarr/x"), mode="r+")
+    values = x[4]
+    values[2, 0, 3, 3] = float("nan")  # as a failing disk or a hand edit would leave it; CRC still valid
+    x[4] = values
+
+
+def base_of_another_class(project: Path):
+    folder = project / "models/unet-base/transformer"
+    folder.mkdir(parents=True)
+    config = json.loads((project / "models/base-mnist-dit/transformer/config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "UNet2DConditionModel"}))
+    params(**{"base.path": "models/unet-base"})(project)
+
+
 def truncate(relative: str):
     def apply(project: Path):
         f = project / relative
@@ -140,6 +155,31 @@ CASES = [
     ("adapter-other-base", edit_json("models/adapters/adapters.json", other_base_adapters), "evaluate", "made for base"),
     ("classifier-missing", remove("models/classifier.pt"), "evaluate", "classifier weights not found"),
     ("asset-wrong-checksum", fake_wheel, "prepare", "is not the pinned"),
+    # Damaged data is refused by the readers, not only by `agd verify`.
+    ("store-chunk-deleted-train", remove("data/trajectories.zarr/x/c/3/0/0/0/0"), "train",
+     "trajectory 3: chunk file x/c/3/0/0/0/0 is missing"),
+    ("store-chunk-deleted-verify", remove("data/trajectories.zarr/target/c/7/0/0/0/0"), "verify",
+     "trajectory 7: chunk file target/c/7/0/0/0/0 is missing"),
+    ("store-nan-train", nan_in_trajectory, "train", "trajectory 4: x holds 1 non-finite values"),
+    ("store-nan-verify", nan_in_trajectory, "verify", "trajectory 4: x holds 1 non-finite values"),
+    # Fail before the work: outputs that cannot be written, step counts the scheduler refuses, the wrong model.
+    ("train-output-under-file", params(**{"train.output": "params.yaml/adapters"}), "train", "cannot be written"),
+    ("store-output-under-file", params(**{"trajectories.output": "params.yaml/store.zarr"}), "trajectories",
+     "cannot be written"),
+    ("store-output-not-a-store", params(**{"trajectories.output": "models"}), "trajectories",
+     "exists and is not a trajectory store"),
+    ("pretrain-output-under-file", params(**{"pretrain.output": "params.yaml/base"}), "pretrain", "cannot be written"),
+    ("steps-above-timesteps-ddim", params(**{"trajectories.num_steps": 5000}), "trajectories",
+     "trajectories.num_steps: 5000 sampler steps, but the base model has 1000 training timesteps"),
+    ("steps-above-timesteps-dpm", params(**{"trajectories.num_steps": 5000,
+                                           "trajectories.scheduler": "DPMSolverMultistepScheduler"}),
+     "trajectories", "1000 training timesteps"),
+    ("eval-steps-above-timesteps", params(**{"evaluate.num_steps": 1001}), "evaluate",
+     "evaluate.num_steps: 1001 sampler steps"),
+    ("base-of-another-class", base_of_another_class, "trajectories",
+     "holds a UNet2DConditionModel, backend mnist-dit expects DiTTransformer2DModel"),
+    ("check-stage-catches-params", params(**{"conditions.w_min": 9.0}), "check", "w_min 9.0 is above w_max"),
+    ("check-stage-steps", params(**{"evaluate.num_steps": 2000}), "check", "evaluate.num_steps: 2000 sampler steps"),
 ]
 
 

@@ -69,7 +69,8 @@ def test_metrics_line_up_agd_against_cfg(tiny_project):
             assert method["fid"] > 0 and 0 <= method["accuracy"] <= 1 and method["seconds_per_image"] > 0
         versus = m[key]["agd_vs_cfg"]
         assert versus["fid_ratio"] == pytest.approx(agd_m["fid"] / cfg["fid"], rel=1e-3)
-        assert versus["correction_captured"] <= 1
+        assert versus["correction_defined"] and versus["correction_captured"] <= 1
+        assert versus["in_training_range"] == (key == "w3")
     assert m["default_scale"]["w"] == 3.0
     grid = Image.open(tiny_project / "reports" / "samples.png")
     assert grid.width > 2 * grid.height  # CFG block | AGD block side by side

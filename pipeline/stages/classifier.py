@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from pipeline import mnist
 from pipeline.classifier import DigitClassifier, predict, shift_augment
+from pipeline import preflight
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
 
@@ -19,6 +20,7 @@ REPORT = Path("reports/classifier.json")
 
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("classifier")
+    preflight.writable_all([("classifier weights", WEIGHTS, "file"), ("report", REPORT, "file")])
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train_x, train_y = mnist.load_split(data_dir, "train")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline import preflight
 from pipeline.backends import get_spec
 from pipeline.config import load_section
 from pipeline.errors import AGDError
@@ -17,6 +18,7 @@ CONDITIONS_FILE = Path("data/conditions.json")
 
 def run(output: Path = CONDITIONS_FILE) -> None:
     base, p = load_section("base"), load_section("conditions")
+    preflight.writable(output, "conditions file")
     spec = get_spec(base.backend)
     rng = np.random.default_rng(p.seed)
     if spec.condition == "class":

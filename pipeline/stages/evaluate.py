@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import fid
+from pipeline import fid, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
-from pipeline.sampling import NFE_PER_STEP, sample
+from pipeline.sampling import NFE_PER_STEP, make_scheduler, sample
 
 METRICS = Path("reports/metrics.json")
 GRID = Path("reports/samples.png")
@@ -101,13 +101,14 @@ class Evaluation:
         seeds = 10**9 + self.p.seed + np.arange(n)  # never used by trajectories or samples above
         cond = self.family.condition_batch({k: v[rows] for k, v in self.cond_arrays.items()})
         wt = torch.full((n,), w)
-        err, corr, dot, norm_a = 0.0, 0.0, 0.0, 0.0
+        err, corr, dot, norm_a, cond_energy = 0.0, 0.0, 0.0, 0.0, 0.0
         family, adapters = self.family, self.adapters
 
         def record(step, x_t, t, out_cfg):
-            nonlocal err, corr, dot, norm_a
+            nonlocal err, corr, dot, norm_a, cond_energy
             cfg = family.guided_channels(out_cfg).float()
             cond_out = family.guided_channels(family.forward(x_t, t, cond)).float()
+            cond_energy += cond_out.pow(2).sum().item()
             agd = family.guided_channels(adapters(family, x_t, t, cond, wt.to(x_t.device))).float()
             err += (agd - cfg).pow(2).sum().item()
             corr += (cfg - cond_out).pow(2).sum().item()
@@ -115,8 +116,27 @@ class Evaluation:
             norm_a += (agd - cond_out).pow(2).sum().item()
 
         sample(family, cond, seeds, wt, self.scheduler, self.p.num_steps, mode="cfg", record=record)
-        return {"correction_captured": round(1 - err / corr, 4),
-                "correction_cosine": round(dot / max((corr * norm_a) ** 0.5, 1e-12), 4)}
+        return correction_metrics(err, corr, dot, norm_a, cond_energy)
+
+
+# CFG's correction counts as zero below this share of the conditional output's energy: at w = 1
+# it is float rounding (~1e-14), and a ratio against it would be noise (it gave -2e10).
+MIN_CORRECTION_ENERGY = 1e-8
+
+
+def correction_metrics(err: float, corr: float, dot: float, norm_a: float, cond_energy: float) -> dict:
+    """How much of CFG's correction `out_cfg - out_cond` AGD reproduces, from summed squares.
+
+    captured = 1 - |agd - cfg|^2 / |cfg - cond|^2: 1 is exact, 0 is no better than the unguided
+    model, below 0 is further from CFG than no guidance at all. cosine compares the directions of
+    AGD's and CFG's corrections. Both are undefined where CFG corrects nothing (w = 1): then
+    `correction_defined` is false and neither is reported. For w < 1 CFG moves towards the
+    unconditional model (w = 0 is the unconditional model) and the same definitions hold.
+    """
+    if corr <= MIN_CORRECTION_ENERGY * cond_energy:
+        return {"correction_defined": False}
+    return {"correction_defined": True, "correction_captured": round(1 - err / corr, 4),
+            "correction_cosine": round(dot / max((corr * norm_a) ** 0.5, 1e-12), 4)}
 
 
 def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, zoom: int = 3) -> np.ndarray:
@@ -137,8 +157,11 @@ def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, 
 def run() -> None:
     from PIL import Image
 
-    base, traj, train_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate"))
+    base, traj, train_p, cond_p, p = (load_section(s) for s in ("base", "trajectories", "train", "conditions",
+                                                                  "evaluate"))
+    preflight.writable_all([("metrics", METRICS, "file"), ("sample grid", GRID, "file")])
     family = load_base(base.backend, base.path, base.dtype)
+    make_scheduler(traj.scheduler, family.scheduler_config, p.num_steps, key="params.yaml: evaluate.num_steps")
     adapters = AdapterSet.load(Path(train_p.output), family)
     ev = Evaluation(family, adapters, p, traj.scheduler)
     metrics: dict = {}
@@ -149,6 +172,7 @@ def run() -> None:
         agd, agd_images = ev.score("agd", w)
         versus = {"fid_ratio": round(agd["fid"] / cfg["fid"], 4),
                   "time_ratio": round(agd["seconds_per_image"] / cfg["seconds_per_image"], 4),
+                  "in_training_range": bool(cond_p.w_min <= w <= cond_p.w_max),
                   **ev.correction_captured(w)}
         if "accuracy" in cfg:
             versus["accuracy_gap"] = round(agd["accuracy"] - cfg["accuracy"], 4)

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import fid, mnist
+from pipeline import preflight
 from pipeline.config import load_section
 from pipeline.progress import log
 from pipeline.stages.evaluate import FID_REF, INCEPTION
@@ -15,6 +16,7 @@ from pipeline.stages.evaluate import FID_REF, INCEPTION
 
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("fid_ref")
+    preflight.writable(FID_REF, "FID reference statistics")
     extractor = fid.InceptionFeatures(INCEPTION)
     if p.image_folder:
         features = fid.folder_features(Path(p.image_folder), extractor, p.batch_size)

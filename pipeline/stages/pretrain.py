@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline import checkpoint, mnist
+from pipeline import preflight
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
 from pipeline.schedule import warmup_cosine
@@ -46,6 +47,7 @@ def run(data_dir: Path = Path("data")) -> None:
     p = load_section("pretrain")
     resolution = load_section("prepare").resolution
     out = Path(p.output)
+    preflight.writable(out, "params.yaml: pretrain.output", "folder")
     ckpt_path = out.parent / (out.name + "-checkpoints") / "pretrain.pt"
     torch.manual_seed(p.seed)
     images, labels = mnist.load_split(data_dir, "train")

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import checkpoint
+from pipeline import checkpoint, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import DTYPES, load_base
 from pipeline.config import load_section
@@ -46,11 +46,23 @@ def open_store_for(family, traj_params) -> TrajectoryStore:
     if stale:
         raise AGDError(traj_params.output, f"made with another {', '.join(stale)} than params.yaml names",
                        "re-run `agd trajectories` (dvc repro) for this base and sampler")
+    # Read every trajectory once before the first step (a minute for the largest paper store, against
+    # hours of training): a missing, unreadable or non-finite chunk is refused now, not at the step
+    # that happens to draw it, and never trained on.
+    with Tracker("train: checking the store", len(store)) as tracker:
+        damaged = store.damaged(progress=tracker.advance)
+    if damaged:
+        first = min(damaged)
+        raise AGDError(f"{traj_params.output} trajectory {first}",
+                       f"{damaged[first]}" + (f" ({len(damaged) - 1} more damaged)" if len(damaged) > 1 else ""),
+                       "run `agd trajectories` (or dvc repro): it writes only the damaged trajectories again")
     return store
 
 
 def run() -> None:
     base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
+    preflight.writable_all([("params.yaml: train.output", p.output, "folder"), ("checkpoint", CHECKPOINT, "file"),
+                            ("report", REPORT, "file"), ("loss curve", LIVE_DIR, "folder")])
     family = load_base(base.backend, base.path, base.dtype)
     store = open_store_for(family, traj)
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed).attach(family)
@@ -112,7 +124,8 @@ def run() -> None:
     first = sum(losses[:20]) / min(len(losses), 20)
     final = sum(losses[-20:]) / min(len(losses), 20)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
+    # Thread count is recorded because it changes the adapters' last bits (README: guarantees).
     REPORT.write_text(json.dumps({"initial_loss": round(first, 6), "final_loss": round(final, 6), "steps": p.steps,
-                                  **summary}, indent=2) + "\n")
+                                  "torch_threads": torch.get_num_threads(), **summary}, indent=2) + "\n")
     CHECKPOINT.unlink(missing_ok=True)
     log(f"train: loss {first:.5f} -> {final:.5f}; adapters saved to {p.output}")

@@ -2,7 +2,10 @@
 
 Resumable: trajectories are made in fixed batches; a re-run skips every finished trajectory
 and recomputes only unfinished batches (whole batches, so results do not depend on where a
-run was interrupted).
+run was interrupted). A finished trajectory found damaged (a chunk file missing, unreadable or
+non-finite) is marked unfinished and written again, alone. A store made with settings that
+change its content is set aside (pipeline.shelf), never deleted, and taken back when the
+settings return to it.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import __version__
+from pipeline import __version__, preflight, shelf
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.errors import AGDError
@@ -32,15 +35,19 @@ def _jsonable(config) -> dict:
 
 
 def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
-    """What a store made now, with these inputs, records about its making."""
-    scheduler = make_scheduler(traj_params.scheduler, family.scheduler_config, traj_params.num_steps)
+    """What a store made now, with these inputs, records about its making.
+
+    Only what decides the content: not the collection batch size, the base folder's path or the
+    output path, so changing those keeps a finished store (see the README's guarantees).
+    """
+    scheduler = make_scheduler(traj_params.scheduler, family.scheduler_config, traj_params.num_steps,
+                               key="params.yaml: trajectories.num_steps")
     cond_sha = hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
     return {
-        "base": family.identity(),
+        "base": family.content_identity(),
         "scheduler": traj_params.scheduler,
         "scheduler_config": _jsonable(scheduler.config),
         "num_steps": traj_params.num_steps,
-        "batch_size": traj_params.batch_size,
         "w_range": cond_doc["w_range"],
         "condition": cond_doc["condition"],
         "conditions_sha256": cond_sha,
@@ -49,11 +56,52 @@ def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
 
 
 # Attributes that must match for a store to be resumed, trained on or verified against params.
-PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "batch_size")
+PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256")
+
+
+def _comparable(key: str, value):
+    if key == "base" and isinstance(value, dict):  # stores of earlier versions also recorded the path
+        return {k: value.get(k) for k in ("backend", "fingerprint")}
+    return value
 
 
 def mismatches(attrs: dict, expected: dict, keys=PROVENANCE_KEYS) -> list[str]:
-    return [k for k in keys if attrs.get(k) != expected.get(k)]
+    return [k for k in keys if _comparable(k, attrs.get(k)) != _comparable(k, expected.get(k))]
+
+
+def _open_or_set_aside(path: Path, attrs: dict) -> TrajectoryStore | None:
+    """The store at `path` if it was made with these settings; otherwise it goes onto the shelf
+    and a set-aside store made with these settings (if any) comes back."""
+    if (path / "zarr.json").exists():
+        store = TrajectoryStore.open(path, mode="r+")
+        stale = mismatches(store.attrs, attrs)
+        if not stale:
+            return store
+        aside = shelf.set_aside(path, store.attrs)
+        log(f"trajectories: {path} was made with other {', '.join(stale)}: set aside as {aside} "
+            f"({shelf.human_bytes(shelf.disk_use(aside))}; `agd stores` lists set-aside stores)")
+    elif path.exists():
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+        else:
+            raise AGDError(f"params.yaml: trajectories.output {path}", "exists and is not a trajectory store",
+                           "point trajectories.output at a new path (nothing there is overwritten)")
+    taken = shelf.take_back(path, lambda a: not mismatches(a, attrs))
+    if taken is None:
+        return None
+    log(f"trajectories: took back the set-aside store {taken}, made with these settings")
+    return TrajectoryStore.open(path, mode="r+")
+
+
+def _repair(store: TrajectoryStore) -> None:
+    """Mark finished trajectories that cannot be trained on as unfinished, so they are made again."""
+    with Tracker("trajectories: checking finished trajectories", int(store.done().sum())) as tracker:
+        damaged = store.damaged(progress=tracker.advance)
+    if damaged:
+        listed = "; ".join(f"{i}: {why}" for i, why in list(damaged.items())[:5])
+        log(f"trajectories: {len(damaged)} finished trajectories damaged ({listed}"
+            f"{' ...' if len(damaged) > 5 else ''}): writing them again")
+        store.unmark(sorted(damaged))
 
 
 def run() -> None:
@@ -71,15 +119,13 @@ def run() -> None:
     attrs = expected_attrs(family, p, cond_doc)
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
     path = Path(p.output)
+    preflight.writable(path, "params.yaml: trajectories.output", "folder")
+    log(f"trajectories: {family.spec.name} base on {family.device} ({family.dtype})")
     with StoreLock(path):
-        store = None
-        if (path / "zarr.json").exists():
-            store = TrajectoryStore.open(path, mode="r+")
-            stale = mismatches(store.attrs, attrs)
-            if stale:
-                log(f"trajectories: {path} was made with other {', '.join(stale)}: rebuilding it")
-                store = None
-        if store is None:
+        store = _open_or_set_aside(path, attrs)
+        if store is not None:
+            _repair(store)
+        else:
             scheduler = make_scheduler(p.scheduler, family.scheduler_config, p.num_steps)
             x_shape = family.latent_shape
             out_channels = family.denoiser.config.out_channels
@@ -89,7 +135,7 @@ def run() -> None:
         done = store.done()
         todo = [range(s, min(s + p.batch_size, n)) for s in range(0, n, p.batch_size)]
         todo = [b for b in todo if not done[list(b)].all()]
-        log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {sum(len(b) for b in todo)} to make "
+        log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {int((~done).sum())} to make "
             f"({p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
         with Tracker("trajectories", n, start=int(done.sum())) as tracker:
             for batch in todo:

@@ -1,7 +1,8 @@
 """`agd verify`: check a trajectory store before hours of training depend on it.
 
-Completeness, shapes and dtypes against its attributes, every chunk readable (CRC32C) and
-finite, and attributes matching the base model and params in use.
+Completeness, shapes and dtypes against its attributes, every finished trajectory's chunk
+files present, readable (CRC32C) and finite, and attributes matching the base model and params
+in use.
 """
 
 from __future__ import annotations
@@ -43,16 +44,8 @@ def problems_in(store: TrajectoryStore) -> list[str]:
     if not done.all():
         found.append(f"{int((~done).sum())} of {n} trajectories unfinished")
     with Tracker("verify", int(done.sum())) as tracker:
-        for i in np.flatnonzero(done):
-            try:
-                arrays = store.read(int(i))
-            except AGDError as err:
-                found.append(err.problem + f" (trajectory {i})")
-                continue
-            for name, values in arrays.items():
-                if not np.isfinite(values).all():
-                    found.append(f"trajectory {i}: {name} has non-finite values")
-            tracker.advance(1)
+        damaged = store.damaged(progress=tracker.advance)
+    found += [f"trajectory {i}: {why}" for i, why in damaged.items()]
     for name, values in store.meta().items():
         if values.dtype.kind == "f" and not np.isfinite(values).all():
             found.append(f"{name} has non-finite values")
@@ -71,5 +64,6 @@ def run(path: str | None = None, against_params: bool = True) -> None:
         found += [f"attribute {k} differs from the base model / params in use" for k in mismatches(store.attrs, expected)]
     if found:
         raise AGDError(str(path), "; ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else ""),
-                       "re-run `agd trajectories` (it resumes unfinished stores); delete the store if it is damaged")
+                       "re-run `agd trajectories` (dvc repro): it finishes the store and writes damaged trajectories "
+                       "again, alone; a store made with other settings is set aside, not deleted")
     log(f"verify: {path} is complete and consistent: {len(store)} trajectories x {store.attrs['num_steps']} steps")
