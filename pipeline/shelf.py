@@ -9,6 +9,7 @@ their disk use, and `agd stores --prune` deletes them when the user decides to.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -27,11 +28,19 @@ def describe(attrs: dict) -> str:
             f"cond{str(attrs.get('conditions_sha256', ''))[:8]}")
 
 
-def set_aside(output: Path, attrs: dict) -> Path:
+def raw_attrs(output: Path) -> dict:
+    """A store's attributes read straight from its zarr.json (for stores zarr cannot open)."""
+    try:
+        return dict(json.loads((output / "zarr.json").read_text()).get("attributes", {}))
+    except (OSError, ValueError, AttributeError, TypeError):
+        return {}
+
+
+def set_aside(output: Path, attrs: dict, note: str = "") -> Path:
     """Move the store at `output` onto the shelf (a rename: instant, nothing copied)."""
     shelf = shelf_dir(output)
     shelf.mkdir(parents=True, exist_ok=True)
-    name = describe(attrs)
+    name = describe(attrs) + (f"-{note}" if note else "")
     target, n = shelf / name, 1
     while target.exists():
         n += 1
@@ -47,8 +56,9 @@ def disk_use(path: Path) -> int:
 def stores(output: Path) -> list[tuple[Path, TrajectoryStore | None]]:
     """Every folder on the shelf, with the store in it (None where it cannot be opened)."""
     shelf = shelf_dir(output)
+    folders = sorted(p for p in shelf.iterdir() if p.is_dir()) if shelf.is_dir() else []
     found = []
-    for folder in sorted(p for p in shelf.iterdir() if p.is_dir()) if shelf.is_dir() else []:
+    for folder in folders:
         try:
             found.append((folder, TrajectoryStore.open(folder)))
         except Exception:  # a damaged store is still listed (and can be pruned)

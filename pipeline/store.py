@@ -36,6 +36,7 @@ from pipeline.errors import AGDError
 
 FORMAT_VERSION = 1
 TRAJECTORY_ARRAYS = ("x", "target")
+SET_ASIDE_FIX = "run `agd trajectories`: it sets this store aside (nothing is deleted) and makes a new one"
 
 
 def _compressors():
@@ -110,15 +111,15 @@ class TrajectoryStore:
             attrs = dict(group.attrs)
         except Exception as err:  # zarr raises many types for damaged metadata
             raise AGDError(str(path), f"unreadable store metadata ({type(err).__name__})",
-                           "delete the store and run `agd trajectories` again") from None
+                           SET_ASIDE_FIX) from None
         if attrs.get("format_version") != FORMAT_VERSION:
             raise AGDError(str(path), f"store format {attrs.get('format_version')!r}, this version reads "
-                           f"{FORMAT_VERSION}", "delete the store and run `agd trajectories` again")
+                           f"{FORMAT_VERSION}", SET_ASIDE_FIX)
         store = cls(path, group)
         for name in ("x", "target", "t", "w", "seed", "done"):
             if name not in group:
                 raise AGDError(str(path / name), "array missing (truncated store)",
-                               "delete the store and run `agd trajectories` again")
+                               SET_ASIDE_FIX)
         return store
 
     # --- reading -----------------------------------------------------------------------------

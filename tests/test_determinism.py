@@ -49,6 +49,7 @@ def test_thread_count_changes_training_bits_only(project_copy, tiny_project):
     b = load_file(str(tiny_project / "models/adapters/adapters.safetensors"))
     scale = max(np.abs(v).max() for v in b.values())
     assert max(np.abs(a[k] - b[k]).max() for k in b) <= 1e-2 * scale
+    assert json.loads((project_copy / "reports/train.json").read_text())["torch_threads"] == 2
     loss_a = json.loads((project_copy / "reports/train.json").read_text())["final_loss"]
     loss_b = json.loads((tiny_project / "reports/train.json").read_text())["final_loss"]
     assert abs(loss_a - loss_b) <= 0.01 * loss_b

@@ -3,6 +3,7 @@ other settings is set aside (and taken back), settings that do not change the co
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -67,6 +68,7 @@ def test_changed_settings_set_the_store_aside_and_take_it_back(project_copy, tin
     set_params(project_copy, **{"trajectories.num_steps": 4})
     done = agd(project_copy, "trajectories")
     assert "made with other num_steps" in done.stderr and "set aside as" in done.stderr
+    assert "1 set-aside stores use" in done.stderr  # disk use reported, for clean-up
     aside = list((project_copy / (STORE + ".stale")).iterdir())
     assert len(aside) == 1 and "DDIMScheduler-5steps" in aside[0].name
     assert all_files(aside[0]) == original  # moved, not rebuilt, not deleted
@@ -128,3 +130,15 @@ def test_correction_captured_is_not_applicable_where_cfg_corrects_nothing(tiny_p
     at_three = ev.correction_captured(3.0)
     assert at_three["correction_defined"] and at_three["correction_captured"] <= 1
     assert -1 <= at_three["correction_cosine"] <= 1
+
+
+def test_unusable_store_is_set_aside_not_deleted(project_copy, tiny_project):
+    store = project_copy / STORE
+    meta = json.loads((store / "zarr.json").read_text())
+    meta["attributes"]["format_version"] = 99  # as a store from another version of this tool
+    (store / "zarr.json").write_text(json.dumps(meta))
+    done = agd(project_copy, "trajectories")
+    assert "cannot be resumed (store format 99" in done.stderr
+    (aside,) = list((project_copy / (STORE + ".stale")).iterdir())
+    assert aside.name.endswith("-unusable") and chunk_files(aside) == chunk_files(tiny_project / STORE)
+    assert chunk_files(store) == chunk_files(tiny_project / STORE)  # rebuilt, to the same bytes

@@ -73,13 +73,18 @@ def _open_or_set_aside(path: Path, attrs: dict) -> TrajectoryStore | None:
     """The store at `path` if it was made with these settings; otherwise it goes onto the shelf
     and a set-aside store made with these settings (if any) comes back."""
     if (path / "zarr.json").exists():
-        store = TrajectoryStore.open(path, mode="r+")
-        stale = mismatches(store.attrs, attrs)
-        if not stale:
-            return store
-        aside = shelf.set_aside(path, store.attrs)
-        log(f"trajectories: {path} was made with other {', '.join(stale)}: set aside as {aside} "
-            f"({shelf.human_bytes(shelf.disk_use(aside))}; `agd stores` lists set-aside stores)")
+        try:
+            store = TrajectoryStore.open(path, mode="r+")
+        except AGDError as err:  # another format version, or truncated: keep it for inspection
+            aside = shelf.set_aside(path, shelf.raw_attrs(path), note="unusable")
+            log(f"trajectories: {path} cannot be resumed ({err.problem}): set aside as {aside}")
+        else:
+            stale = mismatches(store.attrs, attrs)
+            if not stale:
+                return store
+            aside = shelf.set_aside(path, store.attrs)
+            log(f"trajectories: {path} was made with other {', '.join(stale)}: set aside as {aside} "
+                f"({shelf.human_bytes(shelf.disk_use(aside))}; `agd stores` lists set-aside stores)")
     elif path.exists():
         if path.is_dir() and not any(path.iterdir()):
             path.rmdir()
@@ -154,3 +159,8 @@ def run() -> None:
                 store.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
                 tracker.advance(len(missing))
     log(f"trajectories: store complete: {path}")
+    aside = shelf.stores(path)
+    if aside:
+        total = sum(shelf.disk_use(folder) for folder, _ in aside)
+        log(f"trajectories: {len(aside)} set-aside stores use {shelf.human_bytes(total)} "
+            "(`agd stores` lists them, `agd stores --prune` deletes them)")
