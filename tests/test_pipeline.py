@@ -9,8 +9,8 @@ from PIL import Image
 from pipeline.store import TrajectoryStore
 from tests.conftest import ROOT, agd
 
-COMMANDS = ["prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train", "evaluate",
-            "verify", "sample"]
+COMMANDS = ["check", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train", "evaluate",
+            "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
