@@ -111,12 +111,14 @@ def _tiny_dit():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (as base.device)")
     parser.add_argument("--tiny", action="store_true", help="tiny models: check the code path, not the figures")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    print(f"device: {torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'}  torch {torch.__version__}")
+    from pipeline.devices import describe, resolve
+
+    device = resolve(args.device, key="--device")
+    print(f"device: {describe(device, torch.bfloat16)}  torch {torch.__version__}")
     for ckpt in (False, True):
         peak = sdxl_training_memory(device, ckpt, args.tiny)
         print(f"SDXL adapter-training step 1024x1024 batch 1, gradient checkpointing {'on ' if ckpt else 'off'}: "

@@ -146,6 +146,7 @@ def sample(
     seed: int = typer.Option(0, help="Seed of the first sample; the others follow."),
     guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
+    device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: base.device in params.yaml)."),
 ) -> None:
     """Generate with a base and trained adapters at a chosen guidance scale, one pass per step."""
 
@@ -153,12 +154,14 @@ def sample(
         import numpy as np
         from PIL import Image
 
+        from pipeline import devices
         from pipeline.config import load_section
         from pipeline.generate import generate, load_agd
 
         base = load_section("base")
         family, agd = load_agd(backend or base.backend, base_path or base.path,
-                               adapters or load_section("train").output, base.dtype)
+                               adapters or load_section("train").output, base.dtype, device or base.device,
+                               base.cfg_channels)
         if labels:
             try:
                 conds = [int(v) for v in labels.split(",")]
@@ -174,6 +177,7 @@ def sample(
             raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
         images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
                           scheduler=load_section("trajectories").scheduler, guidance=guidance)
+        print(f"sample: on {devices.describe(family.device, family.dtype)}")
         row = np.concatenate(list(images), axis=1)
         Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(out)
         print(f"sample: {len(conds)} images at w={w:g} ({guidance}) -> {out}")

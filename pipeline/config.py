@@ -7,6 +7,7 @@ out-of-range value becomes an `AGDError` that names the key before any work star
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ class BaseParams:
     backend: str = "mnist-dit"  # a row of pipeline.backends.BACKENDS
     path: str = "models/base-mnist-dit"  # local diffusers folder or hub id
     dtype: str = "float32"  # weights of the frozen base: float32, bfloat16 or float16
+    device: str = "auto"  # auto (first CUDA device, else CPU), cpu, cuda or cuda:N
+    cfg_channels: int = 0  # DiT: guide only the first N epsilon channels (3: the original DiT code); 0: all
 
 
 @dataclass
@@ -48,7 +51,7 @@ class ClassifierParams:
 class FidRefParams:
     """Reference statistics for FID, computed once."""
 
-    num_images: int = 1000  # MNIST test digits (embedded default)
+    num_images: int = 1000  # reference images: the first N MNIST test digits or folder files; 0: all of them
     batch_size: int = 50
     image_folder: str = ""  # real backends: a folder of real images (ImageNet / COCO val)
 
@@ -82,6 +85,7 @@ class ConditionsParams:
     num_captions: int = 500  # text backends: captions sampled at random
     w_min: float = 1.0
     w_max: float = 5.0
+    max_trajectories: int = 0  # 0: all; N > 0 keeps the first N (quick checks; the same first N as a full run)
     seed: int = 0
 
 
@@ -122,6 +126,7 @@ class EvaluateParams:
     guidance_scales: list[float] = field(default_factory=lambda: [3.0, 6.0])
     default_scale: float = 3.0
     num_samples: int = 250
+    scheduler: str = ""  # sampler of the evaluation samples; "" = trajectories.scheduler (DiT paper: DDPMScheduler)
     num_steps: int = 25
     batch_size: int = 125
     held_out_trajectories: int = 32  # fresh CFG trajectories to measure correction captured
@@ -145,7 +150,7 @@ SECTIONS: dict[str, type] = {
 POSITIVE = {
     "prepare": ["resolution"],
     "classifier": ["epochs", "batch_size", "lr"],
-    "fid_ref": ["num_images", "batch_size"],
+    "fid_ref": ["batch_size"],
     "pretrain": ["num_layers", "num_heads", "head_dim", "patch_size", "steps", "batch_size", "lr",
                  "checkpoint_every"],
     "conditions": ["per_class", "num_captions"],
@@ -235,11 +240,19 @@ def parse_section(name: str, raw: dict | None, path: Path = PARAMS_FILE):
 
 def _check_relations(name: str, p, path: Path) -> None:
     where = f"{path}: {name}"
+    if name == "base" and not re.match(r"^(auto|cpu|cuda|cuda:\d+)$", p.device):
+        raise AGDError(f"{where}.device", f"unknown device {p.device!r}", "use auto, cpu, cuda or cuda:N")
+    if name == "base" and p.cfg_channels < 0:
+        raise AGDError(f"{where}.cfg_channels", f"must not be negative, got {p.cfg_channels}",
+                       "use 0 (guide every channel) or 3 (the original DiT code)")
     if name == "conditions":
         if p.w_min < 0 or p.w_max < 0:
             raise AGDError(f"{where}.w_min", "guidance scales must not be negative", "use w >= 0 (w = 1 is unguided)")
         if p.w_min > p.w_max:
             raise AGDError(f"{where}.w_min", f"w_min {p.w_min} is above w_max {p.w_max}", "make w_min <= w_max")
+        if p.max_trajectories < 0:
+            raise AGDError(f"{where}.max_trajectories", f"must not be negative, got {p.max_trajectories}",
+                           "use 0 (all) or the number of trajectories to keep")
     if name == "train":
         if p.architecture == "cross_attention" and p.width % p.heads:
             raise AGDError(f"{where}.width", f"width {p.width} is not divisible by heads {p.heads}",
@@ -253,6 +266,8 @@ def _check_relations(name: str, p, path: Path) -> None:
         if p.default_scale not in p.guidance_scales:
             raise AGDError(f"{where}.default_scale", f"{p.default_scale} is not in guidance_scales",
                            "add it to evaluate.guidance_scales")
+    if name == "fid_ref" and p.num_images < 0:
+        raise AGDError(f"{where}.num_images", f"must not be negative, got {p.num_images}", "use 0 (all) or a count")
     if name == "pretrain" and not 0 <= p.label_drop < 1:
         raise AGDError(f"{where}.label_drop", f"must be in [0, 1), got {p.label_drop}", "use e.g. 0.1")
 

@@ -59,12 +59,13 @@ def image_features(images: np.ndarray, extractor, batch_size: int = 50, device="
                                        batch_size=batch_size, device=torch.device(device), verbose=False)
 
 
-def folder_features(folder: Path, extractor, batch_size: int = 50, device="cpu") -> np.ndarray:
-    """Features of every image file in a folder (real backends' references), by clean-fid's reader."""
+def folder_features(folder: Path, extractor, batch_size: int = 50, device="cpu", limit: int | None = None) -> np.ndarray:
+    """Features of the image files in a folder (real backends' references; all of them unless `limit`
+    is given: then the first `limit` in name order), by clean-fid's reader."""
     if not Path(folder).is_dir() or not any(Path(folder).iterdir()):
         raise AGDError(f"fid_ref.image_folder {folder}", "missing or empty",
                        "point it at a folder of real images (ImageNet train for DiT, COCO-2017 val for text models)")
-    return cleanfid.get_folder_features(str(folder), model=extractor, num_workers=0, batch_size=batch_size,
+    return cleanfid.get_folder_features(str(folder), model=extractor, num_workers=0, batch_size=batch_size, num=limit,
                                         device=torch.device(device), mode="clean", verbose=False)
 
 

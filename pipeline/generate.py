@@ -18,8 +18,10 @@ from pipeline.errors import AGDError
 from pipeline.sampling import sample
 
 
-def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "float32", device: str = "cpu"):
-    family = load_base(backend, base_path, dtype).to(device)
+def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "float32", device: str = "auto",
+             cfg_channels: int = 0):
+    """The frozen base on `device` (auto: the first CUDA device, else the CPU) with trained adapters."""
+    family = load_base(backend, base_path, dtype, device, cfg_channels)
     return family, AdapterSet.load(Path(adapters_dir), family)
 
 
@@ -32,6 +34,7 @@ def generate(family, adapters, conditions: list, w: float, seeds=None, num_steps
     items = [{key: c} for c in conditions]
     seeds = np.arange(len(items)) if seeds is None else np.asarray(seeds)
     cond = family.condition_batch(family.condition_arrays(items))
+    family.release_text_encoders()
     x = sample(family, cond, seeds, torch.full((len(items),), float(w)), scheduler, num_steps,
                mode=guidance, adapters=adapters)
     return family.decode(x).cpu().numpy()

@@ -6,6 +6,7 @@ and we need the per-step states and CFG outputs anyway to record trajectories.
 
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import diffusers
@@ -38,9 +39,20 @@ def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num
     return scheduler
 
 
-def initial_noise(seeds, shape) -> torch.Tensor:
-    """One generator per sample: a sample's noise depends on its seed alone, not on its batch."""
-    return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
+def initial_noise(seeds, shape, generators: list | None = None) -> torch.Tensor:
+    """One CPU generator per sample: a sample's noise depends on its seed alone, not on its batch
+    or device. Pass `generators` to keep drawing from them (a stochastic sampler's step noise)."""
+    generators = generators if generators is not None else seeded_generators(seeds)
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
+
+
+def seeded_generators(seeds) -> list[torch.Generator]:
+    return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def family_scheduler(family, name: str, num_steps: int, key: str = "num_steps"):
+    """`make_scheduler` with the family's own changes for that scheduler (DiT: DDPM's learned variance)."""
+    return make_scheduler(name, {**family.scheduler_config, **family.scheduler_overrides(name)}, num_steps, key)
 
 
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
@@ -54,9 +66,12 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
     mode: "cfg" (two passes, the teacher), "agd" (one pass with adapters at w) or "cond" (w = 1).
     record(step, x_t, t, out) sees every model input and the output used for the step.
     """
-    scheduler = make_scheduler(scheduler_name, family.scheduler_config, num_steps)
+    scheduler = family_scheduler(family, scheduler_name, num_steps)
     device = family.device
-    x = initial_noise(seeds, family.latent_shape).to(device) * scheduler.init_noise_sigma
+    generators = seeded_generators(seeds)
+    x = initial_noise(seeds, family.latent_shape, generators).to(device) * scheduler.init_noise_sigma
+    # Stochastic samplers (DDPM) draw step noise from the samples' own generators: per seed, as above.
+    step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(len(x))
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
@@ -69,7 +84,7 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
             out = family.forward(x_in, t_batch, cond)
         if record is not None:
             record(i, x_in, t_batch, out)
-        x = scheduler.step(family.scheduler_output(out).float(), t, x).prev_sample
+        x = scheduler.step(family.scheduler_output(out, scheduler).float(), t, x, **step_kwargs).prev_sample
     return x
 
 

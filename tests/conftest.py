@@ -57,6 +57,15 @@ def chunk_files(store: Path) -> dict[str, bytes]:
             if p.is_file() and "/c/" in str(p.relative_to(store))}
 
 
+def set_params(project: Path, **changes) -> None:
+    """Change params.yaml keys in place: set_params(p, **{"train.lr": 0.01})."""
+    doc = yaml.safe_load((project / "params.yaml").read_text())
+    for dotted, value in changes.items():
+        section, key = dotted.split(".")
+        doc.setdefault(section, {})[key] = value
+    (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+
+
 def write_params(project: Path, params: dict) -> None:
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 

@@ -178,6 +178,9 @@ CASES = [
      "evaluate.num_steps: 1001 sampler steps"),
     ("base-of-another-class", base_of_another_class, "trajectories",
      "holds a UNet2DConditionModel, backend mnist-dit expects DiTTransformer2DModel"),
+    ("cuda-without-gpu", params(**{"base.device": "cuda"}), "trajectories", "base.device: cuda requested, but torch"),
+    ("unknown-device", params(**{"base.device": "gpu"}), "train", "base.device: unknown device 'gpu'"),
+    ("cfg-channels-too-many", params(**{"base.cfg_channels": 5}), "trajectories", "5 is more than the model's 1"),
     ("check-stage-catches-params", params(**{"conditions.w_min": 9.0}), "check", "w_min 9.0 is above w_max"),
     ("check-stage-steps", params(**{"evaluate.num_steps": 2000}), "check", "evaluate.num_steps: 2000 sampler steps"),
 ]

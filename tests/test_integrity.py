@@ -8,22 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-import yaml
 import zarr
 
 from pipeline.errors import AGDError
 from pipeline.store import TrajectoryStore
-from tests.conftest import agd, chunk_files
+from tests.conftest import agd, chunk_files, set_params
 
 STORE = "data/trajectories.zarr"
-
-
-def set_params(project, **changes):
-    doc = yaml.safe_load((project / "params.yaml").read_text())
-    for dotted, value in changes.items():
-        section, key = dotted.split(".")
-        doc[section][key] = value
-    (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 
 def all_files(store) -> dict[str, bytes]:
@@ -96,6 +87,7 @@ def test_batch_size_and_base_location_do_not_touch_a_finished_store(project_copy
         set_params(project_copy, **changes)
         done = agd(project_copy, "trajectories")
         assert "20/20 finished" in done.stderr and "0 to make" in done.stderr
+        assert "mnist-dit base on cpu (float32)" in done.stderr  # every stage says where it runs
         assert all_files(project_copy / STORE) == original  # every byte, zarr.json included
         assert not (project_copy / (STORE + ".stale")).exists()
 

@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import mnist
+from pipeline import devices, mnist, preflight
 from pipeline.classifier import DigitClassifier, predict, shift_augment
-from pipeline import preflight
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
 
@@ -26,7 +25,9 @@ def run(data_dir: Path = Path("data")) -> None:
     train_x, train_y = mnist.load_split(data_dir, "train")
     test_x, test_y = mnist.load_split(data_dir, "test")
     x, y = mnist.to_model_space(train_x), torch.from_numpy(train_y)
-    model = DigitClassifier()
+    device = devices.resolve(load_section("base").device)
+    log(f"classifier: training on {devices.describe(device, torch.float32)}")
+    model = DigitClassifier().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
     steps_per_epoch = len(x) // p.batch_size
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, p.lr, total_steps=p.epochs * steps_per_epoch)
@@ -36,15 +37,16 @@ def run(data_dir: Path = Path("data")) -> None:
             order = torch.randperm(len(x), generator=gen)
             for s in range(steps_per_epoch):
                 idx = order[s * p.batch_size:(s + 1) * p.batch_size]
-                loss = F.cross_entropy(model(shift_augment(x[idx], gen)), y[idx])
+                loss = F.cross_entropy(model(shift_augment(x[idx], gen).to(device)), y[idx].to(device))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
                 tracker.advance(1, loss=loss.item())
-    accuracy = float((predict(model, mnist.to_model_space(test_x)) == torch.from_numpy(test_y)).float().mean())
+    predicted = predict(model, mnist.to_model_space(test_x).to(device)).cpu()
+    accuracy = float((predicted == torch.from_numpy(test_y)).float().mean())
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), WEIGHTS)
+    torch.save(model.cpu().state_dict(), WEIGHTS)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps({"test_accuracy": round(accuracy, 4)}, indent=2) + "\n")
     log(f"classifier: MNIST test accuracy {accuracy:.4f}")

@@ -32,6 +32,9 @@ def run(output: Path = CONDITIONS_FILE) -> None:
     seeds = rng.choice(2**31 - 1, size=n, replace=False)  # distinct noise per trajectory
     for item, w, seed in zip(items, ws, seeds):
         item.update(w=round(float(w), 6), seed=int(seed))
+    if p.max_trajectories:  # cut after drawing: the kept items are those of the full set
+        items = items[: p.max_trajectories]
+        n = len(items)
     doc = {"backend": spec.name, "condition": spec.condition, "w_range": [p.w_min, p.w_max], "items": items}
     output.parent.mkdir(parents=True, exist_ok=True)
     part = output.with_suffix(".part")

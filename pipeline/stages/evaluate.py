@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import fid, preflight
+from pipeline import devices, fid, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
-from pipeline.sampling import NFE_PER_STEP, make_scheduler, sample
+from pipeline.sampling import NFE_PER_STEP, family_scheduler, sample
 
 METRICS = Path("reports/metrics.json")
 GRID = Path("reports/samples.png")
@@ -35,8 +36,11 @@ def scale_key(w: float) -> str:
 
 
 class Evaluation:
-    def __init__(self, family, adapters, p, scheduler: str):
+    def __init__(self, family, adapters, p, scheduler: str, held_out: tuple[str, int] | None = None):
+        """scheduler: the sampler of the evaluation samples (evaluate.num_steps steps); held_out: the
+        (sampler, steps) of the fresh CFG trajectories that measure distillation, by default the same."""
         self.family, self.adapters, self.p, self.scheduler = family, adapters, p, scheduler
+        self.held_out = held_out or (scheduler, p.num_steps)
         n = p.num_samples
         self.seeds = p.seed + np.arange(n)
         if family.spec.condition == "class":
@@ -47,12 +51,13 @@ class Evaluation:
             rng = np.random.default_rng(p.seed)
             self.items = [{"caption": c} for c in sample_captions(Path(p.captions_file), n, rng)]
         self.cond_arrays = family.condition_arrays(self.items)
+        family.release_text_encoders()
         self.judge = None
         if family.spec.condition == "class" and family.spec.name == "mnist-dit":
             from pipeline import classifier
 
-            self.judge = classifier.load(CLASSIFIER)
-        self.extractor = fid.InceptionFeatures(INCEPTION)
+            self.judge = classifier.load(CLASSIFIER).to(family.device)
+        self.extractor = fid.InceptionFeatures(INCEPTION).to(family.device)
         self.ref = fid.load_stats(FID_REF)
 
     def generate(self, mode: str, w: float) -> tuple[np.ndarray, float]:
@@ -76,14 +81,14 @@ class Evaluation:
             return None
         from pipeline import classifier, mnist
 
-        x = mnist.to_model_space(torch.from_numpy(images[..., 0]))
-        pred = classifier.predict(self.judge, x).numpy()
+        x = mnist.to_model_space(torch.from_numpy(images[..., 0])).to(self.family.device)
+        pred = classifier.predict(self.judge, x).cpu().numpy()
         labels = self.cond_arrays["labels"]
         return round(float((pred == labels).mean()), 4)
 
     def score(self, mode: str, w: float) -> tuple[dict, np.ndarray]:
         images, spi = self.generate(mode, w)
-        feats = fid.image_features(images, self.extractor, batch_size=50)
+        feats = fid.image_features(images, self.extractor, batch_size=50, device=self.family.device)
         result = {"fid": round(fid.frechet(fid.statistics(feats), self.ref), 4),
                   "nfe_per_image": NFE_PER_STEP[mode] * self.p.num_steps,
                   "seconds_per_image": round(spi, 5)}
@@ -115,7 +120,7 @@ class Evaluation:
             dot += ((agd - cond_out) * (cfg - cond_out)).sum().item()
             norm_a += (agd - cond_out).pow(2).sum().item()
 
-        sample(family, cond, seeds, wt, self.scheduler, self.p.num_steps, mode="cfg", record=record)
+        sample(family, cond, seeds, wt, *self.held_out, mode="cfg", record=record)
         return correction_metrics(err, corr, dot, norm_a, cond_energy)
 
 
@@ -160,10 +165,13 @@ def run() -> None:
     base, traj, train_p, cond_p, p = (load_section(s) for s in ("base", "trajectories", "train", "conditions",
                                                                   "evaluate"))
     preflight.writable_all([("metrics", METRICS, "file"), ("sample grid", GRID, "file")])
-    family = load_base(base.backend, base.path, base.dtype)
-    make_scheduler(traj.scheduler, family.scheduler_config, p.num_steps, key="params.yaml: evaluate.num_steps")
+    family = load_base(**asdict(base))
+    sampler = p.scheduler or traj.scheduler
+    family_scheduler(family, sampler, p.num_steps, key="params.yaml: evaluate.num_steps")
+    log(f"evaluate: {family.spec.name} base on {devices.describe(family.device, family.dtype)}; samples with "
+        f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
     adapters = AdapterSet.load(Path(train_p.output), family)
-    ev = Evaluation(family, adapters, p, traj.scheduler)
+    ev = Evaluation(family, adapters, p, sampler, held_out=(traj.scheduler, traj.num_steps))
     metrics: dict = {}
     metrics["unguided"], _ = ev.score("cond", 1.0)
     log(f"evaluate: unguided {metrics['unguided']}")

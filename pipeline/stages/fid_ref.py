@@ -6,9 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from pipeline import fid, mnist
-from pipeline import preflight
+from pipeline import devices, fid, mnist, preflight
 from pipeline.config import load_section
 from pipeline.progress import log
 from pipeline.stages.evaluate import FID_REF, INCEPTION
@@ -17,14 +17,17 @@ from pipeline.stages.evaluate import FID_REF, INCEPTION
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("fid_ref")
     preflight.writable(FID_REF, "FID reference statistics")
-    extractor = fid.InceptionFeatures(INCEPTION)
+    device = devices.resolve(load_section("base").device)
+    log(f"fid_ref: Inception-v3 on {devices.describe(device, torch.float32)}")
+    extractor = fid.InceptionFeatures(INCEPTION).to(device)
     if p.image_folder:
-        features = fid.folder_features(Path(p.image_folder), extractor, p.batch_size)
+        features = fid.folder_features(Path(p.image_folder), extractor, p.batch_size, device, p.num_images or None)
         source = p.image_folder
     else:
         images, _ = mnist.load_split(data_dir, "test")
-        features = fid.image_features(images[: p.num_images], extractor, p.batch_size)
-        source = f"MNIST test[:{p.num_images}]"
+        count = p.num_images or len(images)
+        features = fid.image_features(images[:count], extractor, p.batch_size, device)
+        source = f"MNIST test[:{count}]"
     stats = fid.statistics(features)
     FID_REF.parent.mkdir(parents=True, exist_ok=True)
     part = FID_REF.with_name("fid_ref.part.npz")

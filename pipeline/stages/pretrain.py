@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import checkpoint, mnist
-from pipeline import preflight
+from pipeline import checkpoint, devices, mnist, preflight
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
 from pipeline.schedule import warmup_cosine
@@ -53,13 +52,14 @@ def run(data_dir: Path = Path("data")) -> None:
     images, labels = mnist.load_split(data_dir, "train")
     x_all, y_all = mnist.to_model_space(images), torch.from_numpy(labels)
 
-    model = build_model(p, resolution)
+    device = devices.resolve(load_section("base").device)
+    model = build_model(p, resolution).to(device)
     model.eval()  # no dropout inside; the label drop below is the only stochastic part
     ema = copy.deepcopy(model).requires_grad_(False)
     scheduler = build_scheduler()
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
-    weight = torch.clamp(snr, max=p.min_snr_gamma) / snr  # Min-SNR-gamma for epsilon prediction
+    weight = (torch.clamp(snr, max=p.min_snr_gamma) / snr).to(device)  # Min-SNR-gamma for epsilon prediction
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(p.seed)
     step = 0
@@ -72,7 +72,8 @@ def run(data_dir: Path = Path("data")) -> None:
         step = state["step"]
         log(f"pretrain: resuming from {ckpt_path} at step {step}")
     n_params = sum(q.numel() for q in model.parameters())
-    log(f"pretrain: DiT {n_params:,} parameters, {p.steps} steps x batch {p.batch_size}")
+    log(f"pretrain: DiT {n_params:,} parameters, {p.steps} steps x batch {p.batch_size} on "
+        f"{devices.describe(device, torch.float32)}")
     losses = []
     with Tracker("pretrain", p.steps, start=step, every_s=30) as tracker:
         while step < p.steps:
@@ -81,7 +82,8 @@ def run(data_dir: Path = Path("data")) -> None:
             y[torch.rand(p.batch_size, generator=gen) < p.label_drop] = NUM_CLASSES
             t = torch.randint(0, 1000, (p.batch_size,), generator=gen)
             noise = torch.randn(x0.shape, generator=gen)
-            xt = scheduler.add_noise(x0, noise, t)
+            xt = scheduler.add_noise(x0, noise, t)  # on the CPU, from the seeded generator: device-independent data
+            xt, t, y, noise = xt.to(device), t.to(device), y.to(device), noise.to(device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, p.steps, p.warmup_steps, p.lr, final_fraction=0.1)
             pred = model(xt, timestep=t, class_labels=y).sample
@@ -99,7 +101,7 @@ def run(data_dir: Path = Path("data")) -> None:
             if step % p.checkpoint_every == 0 or step == p.steps:
                 checkpoint.save(ckpt_path, {"params": asdict(p), "model": model.state_dict(), "ema": ema.state_dict(),
                                             "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
-    ema.save_pretrained(out / "transformer")
+    ema.to("cpu").save_pretrained(out / "transformer")
     build_scheduler().save_pretrained(out / "scheduler")
     (out / "pretrain.json").write_text(json.dumps({"params": asdict(p), "resolution": resolution,
                                                    "parameters": n_params}, indent=2) + "\n")

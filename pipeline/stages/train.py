@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import checkpoint, preflight
+from pipeline import checkpoint, devices, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import DTYPES, load_base
 from pipeline.config import load_section
@@ -63,7 +63,8 @@ def run() -> None:
     base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
     preflight.writable_all([("params.yaml: train.output", p.output, "folder"), ("checkpoint", CHECKPOINT, "file"),
                             ("report", REPORT, "file"), ("loss curve", LIVE_DIR, "folder")])
-    family = load_base(base.backend, base.path, base.dtype)
+    family = load_base(**asdict(base))
+    log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}")
     store = open_store_for(family, traj)
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed).attach(family)
     if p.gradient_checkpointing:

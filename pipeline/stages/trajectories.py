@@ -12,17 +12,18 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import __version__, preflight, shelf
+from pipeline import __version__, devices, preflight, shelf
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.errors import AGDError
 from pipeline.progress import Tracker, log
-from pipeline.sampling import make_scheduler, sample
+from pipeline.sampling import family_scheduler, sample
 from pipeline.stages import conditions as conditions_stage
 from pipeline.store import StoreLock, TrajectoryStore
 
@@ -40,8 +41,8 @@ def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
     Only what decides the content: not the collection batch size, the base folder's path or the
     output path, so changing those keeps a finished store (see the README's guarantees).
     """
-    scheduler = make_scheduler(traj_params.scheduler, family.scheduler_config, traj_params.num_steps,
-                               key="params.yaml: trajectories.num_steps")
+    scheduler = family_scheduler(family, traj_params.scheduler, traj_params.num_steps,
+                                 key="params.yaml: trajectories.num_steps")
     cond_sha = hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
     return {
         "base": family.content_identity(),
@@ -112,7 +113,7 @@ def _repair(store: TrajectoryStore) -> None:
 def run() -> None:
     base, p = load_section("base"), load_section("trajectories")
     cond_doc = conditions_stage.read()
-    family = load_base(base.backend, base.path, base.dtype)
+    family = load_base(**asdict(base))
     if cond_doc["backend"] != family.spec.name:
         raise AGDError(str(conditions_stage.CONDITIONS_FILE), f"made for backend {cond_doc['backend']}",
                        "re-run `agd conditions` after changing base.backend")
@@ -121,17 +122,18 @@ def run() -> None:
     w_all = np.array([i["w"] for i in items], np.float32)
     seeds = np.array([i["seed"] for i in items], np.int64)
     cond_all = family.condition_arrays(items)
+    family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
     attrs = expected_attrs(family, p, cond_doc)
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
     path = Path(p.output)
     preflight.writable(path, "params.yaml: trajectories.output", "folder")
-    log(f"trajectories: {family.spec.name} base on {family.device} ({family.dtype})")
+    log(f"trajectories: {family.spec.name} base on {devices.describe(family.device, family.dtype)}")
     with StoreLock(path):
         store = _open_or_set_aside(path, attrs)
         if store is not None:
             _repair(store)
         else:
-            scheduler = make_scheduler(p.scheduler, family.scheduler_config, p.num_steps)
+            scheduler = family_scheduler(family, p.scheduler, p.num_steps)
             x_shape = family.latent_shape
             out_channels = family.denoiser.config.out_channels
             store = TrajectoryStore.create(path, {**attrs, **extra, "created_by": f"agd {__version__}"}, p.num_steps,

@@ -7,6 +7,7 @@ in use.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +60,7 @@ def run(path: str | None = None, against_params: bool = True) -> None:
     found = problems_in(store)
     if against_params:
         base = load_section("base")
-        family = load_base(base.backend, base.path, base.dtype)
+        family = load_base(**{**asdict(base), "device": "cpu"})  # only its fingerprint and scheduler are needed
         expected = expected_attrs(family, traj, conditions_stage.read())
         found += [f"attribute {k} differs from the base model / params in use" for k in mismatches(store.attrs, expected)]
     if found:

@@ -1,0 +1,218 @@
+"""Models with the real backends' configurations, randomly initialised, through every stage on the CPU.
+
+    python benchmarks/real_architectures.py [--backends dit-xl-2,sd21,sdxl] [--sdxl-resolution 1024]
+                                            [--work /tmp/agd-real] [--out reports/real_architectures.json]
+
+For each backend the models are built from their real configurations (DiT-XL/2 256 with its VAE;
+SD2.1 768: v-prediction UNet, OpenCLIP ViT-H text encoder, VAE; SDXL: UNet, CLIP ViT-L and
+OpenCLIP bigG text encoders, VAE), written with save_pretrained, never downloaded. Then the CLI
+runs conditions, trajectories (2 trajectories x 2 sampler steps), verify, train (2 steps, frozen
+bfloat16 base, bfloat16 autocast, gradient checkpointing), fid-ref (4 generated reference images),
+evaluate (2 samples) and `agd sample`, each in its own process as `dvc repro` runs them, and the
+wall time and peak resident memory of every stage are written to --out. The tokenizers are
+byte-level (no vocabulary download); the text encoders have the real sizes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+SD_SCALED = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+             "beta_end": 0.012, "clip_sample": False, "set_alpha_to_one": False, "steps_offset": 1}
+CAPTIONS = ["a red bus parked beside a brick building", "two dogs running on a sandy beach",
+            "a bowl of fruit on a wooden table", "a man riding a bicycle down a city street"]
+
+
+# --- the real configurations -------------------------------------------------------------------
+def vae(sample_size: int, scaling_factor: float):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+                         up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(128, 256, 512, 512),
+                         layers_per_block=2, latent_channels=4, sample_size=sample_size, scaling_factor=scaling_factor)
+
+
+def clip_text(hidden: int, layers: int, heads: int, intermediate: int, act: str, projection: int = 0):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=intermediate,
+                            num_hidden_layers=layers, num_attention_heads=heads, max_position_embeddings=77,
+                            hidden_act=act, projection_dim=projection or hidden, bos_token_id=0, eos_token_id=1,
+                            pad_token_id=1)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config)
+
+
+def save_dit_xl_2(path: Path, resolution: int) -> None:
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    DiTTransformer2DModel(num_attention_heads=16, attention_head_dim=72, in_channels=4, out_channels=8, num_layers=28,
+                          sample_size=resolution // 8, patch_size=2, num_embeds_ada_norm=1000
+                          ).save_pretrained(path / "transformer")
+    vae(resolution, 0.18215).save_pretrained(path / "vae")
+    DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False
+                  ).save_pretrained(path / "scheduler")
+
+
+def save_sd21(path: Path, resolution: int) -> None:
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    from tests.tiny_models import byte_tokenizer
+
+    UNet2DConditionModel(sample_size=resolution // 8, cross_attention_dim=1024, attention_head_dim=(5, 10, 20, 20),
+                         use_linear_projection=True, block_out_channels=(320, 640, 1280, 1280)
+                         ).save_pretrained(path / "unet")
+    clip_text(1024, 23, 16, 4096, "gelu").save_pretrained(path / "text_encoder")  # OpenCLIP ViT-H, penultimate
+    byte_tokenizer(77).save_pretrained(path / "tokenizer")
+    vae(resolution, 0.18215).save_pretrained(path / "vae")
+    DDIMScheduler(**SD_SCALED, prediction_type="v_prediction").save_pretrained(path / "scheduler")
+
+
+def save_sdxl(path: Path, resolution: int) -> None:
+    from diffusers import EulerDiscreteScheduler, UNet2DConditionModel
+
+    from tests.tiny_models import byte_tokenizer
+
+    UNet2DConditionModel(
+        sample_size=resolution // 8, block_out_channels=(320, 640, 1280), layers_per_block=2, cross_attention_dim=2048,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+    ).save_pretrained(path / "unet")
+    clip_text(768, 12, 12, 3072, "quick_gelu").save_pretrained(path / "text_encoder")  # CLIP ViT-L
+    clip_text(1280, 32, 20, 5120, "gelu", projection=1280).save_pretrained(path / "text_encoder_2")  # OpenCLIP bigG
+    byte_tokenizer(77).save_pretrained(path / "tokenizer")
+    byte_tokenizer(77).save_pretrained(path / "tokenizer_2")
+    vae(resolution, 0.13025).save_pretrained(path / "vae")
+    EulerDiscreteScheduler(**{k: v for k, v in SD_SCALED.items() if k != "set_alpha_to_one"},
+                           timestep_spacing="leading").save_pretrained(path / "scheduler")
+
+
+BUILDERS = {"dit-xl-2": (save_dit_xl_2, 256, "DDIMScheduler", 128),
+            "sd21": (save_sd21, 768, "DDIMScheduler", 256),
+            "sdxl": (save_sdxl, 1024, "EulerDiscreteScheduler", 128)}
+
+
+# --- one project per backend -------------------------------------------------------------------
+def params(backend: str, scheduler: str, width: int) -> dict:
+    text = backend != "dit-xl-2"
+    return {
+        "base": {"backend": backend, "path": "base", "dtype": "bfloat16", "device": "cpu", "cfg_channels": 0},
+        "fid_ref": {"num_images": 4, "batch_size": 4, "image_folder": "refs"},
+        "conditions": {"per_class": 1, "max_trajectories": 2, "captions_file": "captions.json" if text else "",
+                       "num_captions": 2, "w_min": 1.0, "w_max": 12.0 if text else 6.0, "seed": 0},
+        "trajectories": {"scheduler": scheduler, "num_steps": 2, "batch_size": 2, "output": "data/trajectories.zarr"},
+        "train": {"architecture": "cross_attention", "width": width, "heads": 4, "fourier_features": 64, "steps": 2,
+                  "batch_size": 2 if not text else 1, "lr": 1e-4, "buffer_trajectories": 2, "checkpoint_every": 100,
+                  "autocast": "bfloat16", "gradient_checkpointing": True, "seed": 0, "output": "models/adapters"},
+        "evaluate": {"guidance_scales": [4.0], "default_scale": 4.0, "num_samples": 2, "num_steps": 2, "batch_size": 2,
+                     "held_out_trajectories": 1, "captions_file": "captions.json" if text else "", "seed": 1000},
+    }
+
+
+def prepare_project(project: Path, backend: str, resolution: int) -> None:
+    from PIL import Image
+
+    project.mkdir(parents=True, exist_ok=True)
+    (project / "data" / "assets").mkdir(parents=True, exist_ok=True)
+    inception = ROOT / "data" / "assets" / "inception-2015-12-05.pt"
+    if not inception.exists():
+        raise SystemExit(f"{inception} missing: run `agd prepare` (or dvc repro) in {ROOT} first")
+    target = project / "data" / "assets" / inception.name
+    if not target.exists():
+        os.link(inception, target)
+    refs = project / "refs"
+    refs.mkdir(exist_ok=True)
+    rng = np.random.default_rng(0)
+    for i in range(4):  # reference images: FID needs a folder; their content does not matter here
+        Image.fromarray(rng.integers(0, 256, (resolution, resolution, 3), dtype=np.uint8)).save(refs / f"{i}.png")
+    coco = {"annotations": [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(CAPTIONS)]}
+    (project / "captions.json").write_text(json.dumps(coco))
+
+
+def run_stage(project: Path, args: list[str]) -> dict:
+    """One CLI stage in its own process: wall time, peak resident memory (of that process), exit status."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    with open(project / "stages.log", "a") as log:
+        log.write(f"\n$ agd {' '.join(args)}\n")
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=project, env=env,
+                                stdout=log, stderr=log)
+        _, status, usage = os.wait4(proc.pid, 0)
+    seconds = time.perf_counter() - start
+    code = os.waitstatus_to_exitcode(status)
+    return {"stage": args[0], "seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "exit": code}
+
+
+def run_backend(backend: str, work: Path, resolution: int) -> dict:
+    save, default_resolution, scheduler, width = BUILDERS[backend]
+    project = work / backend
+    if project.exists():
+        shutil.rmtree(project)
+    prepare_project(project, backend, resolution)
+    start = time.perf_counter()
+    save(project / "base", resolution)
+    build_seconds = time.perf_counter() - start
+    (project / "params.yaml").write_text(yaml.safe_dump(params(backend, scheduler, width), sort_keys=False))
+    sample = ["sample", "-w", "4", "--steps", "2", "--out", "sample.png"]
+    sample += ["--labels", "0,1"] if backend == "dit-xl-2" else ["--prompt", CAPTIONS[0]]
+    stages = [["conditions"], ["trajectories"], ["verify"], ["train"], ["fid-ref"], ["evaluate"], sample]
+    results = []
+    for args in stages:
+        result = run_stage(project, args)
+        results.append(result)
+        print(f"{backend} {result['stage']:>12}: {result['seconds']:8.1f} s  peak {result['peak_rss_gib']:6.2f} GiB"
+              f"  exit {result['exit']}", flush=True)
+        if result["exit"]:
+            print((project / "stages.log").read_text()[-3000:])
+            break
+    metrics = project / "reports" / "metrics.json"
+    train = project / "reports" / "train.json"
+    return {"backend": backend, "resolution": resolution, "build_and_save_seconds": round(build_seconds, 1),
+            "stages": results, "passed": all(r["exit"] == 0 for r in results) and len(results) == len(stages),
+            "train_report": json.loads(train.read_text()) if train.exists() else None,
+            "metrics": json.loads(metrics.read_text()) if metrics.exists() else None,
+            "disk_gib": round(sum(f.stat().st_size for f in (project / "base").rglob("*") if f.is_file()) / 2**30, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backends", default="dit-xl-2,sd21,sdxl")
+    parser.add_argument("--sdxl-resolution", type=int, default=1024, help="512 if 1024 takes too long on a CPU")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/agd-real"))
+    parser.add_argument("--out", type=Path, default=ROOT / "reports" / "real_architectures.json")
+    parser.add_argument("--keep", action="store_true", help="keep the saved models under --work")
+    args = parser.parse_args()
+    out = json.loads(args.out.read_text()) if args.out.exists() else {}
+    out.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+                "torch": torch.__version__, "threads": torch.get_num_threads()})
+    out.setdefault("runs", {})
+    for backend in args.backends.split(","):
+        resolution = args.sdxl_resolution if backend == "sdxl" else BUILDERS[backend][1]
+        out["runs"][backend] = run_backend(backend, args.work, resolution)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2) + "\n")  # after each backend: a partial run keeps its rows
+        if not args.keep:
+            shutil.rmtree(args.work / backend / "base", ignore_errors=True)
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

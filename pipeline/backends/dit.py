@@ -1,0 +1,116 @@
+"""Class-conditional DiT families (the embedded default and DiT-XL/2): epsilon, optional learned variance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pipeline import preflight
+from pipeline.backends.family import Family, _check_path, _load_error, state_fingerprint
+from pipeline.errors import AGDError
+
+if TYPE_CHECKING:
+    from pipeline.backends import BackendSpec
+
+
+class DiTFamily(Family):
+    """Class-conditional DiT (diffusers DiTTransformer2DModel), pixel space or with a VAE."""
+
+    def __init__(self, spec: BackendSpec, path: str, transformer, scheduler_config: dict, vae=None):
+        self.spec, self.path, self.denoiser, self.vae = spec, path, transformer, vae
+        self.scheduler_config = scheduler_config
+        cfg = transformer.config
+        self.num_classes = cfg.num_embeds_ada_norm  # the null class is this index
+        self.learned_variance = cfg.out_channels == 2 * cfg.in_channels
+        self.fingerprint = state_fingerprint(transformer)
+        self.cfg_channels = 0  # 0: guide every epsilon channel (diffusers' DiTPipeline); see guided()
+
+    @classmethod
+    def load(cls, spec: BackendSpec, path: str, dtype: torch.dtype) -> "DiTFamily":
+        from diffusers import AutoencoderKL, DiTTransformer2DModel
+        from diffusers.schedulers import DDIMScheduler
+
+        _check_path(path)
+        preflight.model_class(path, "transformer", ("DiTTransformer2DModel", "Transformer2DModel"), spec.name)
+        try:
+            transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer")
+            scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
+            vae = None
+            if (Path(path) / "vae").is_dir() or not Path(path).exists():
+                vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise _load_error(path, err) from None
+        family = cls(spec, path, transformer, scheduler_config, vae)  # fingerprint in full precision
+        if dtype != torch.float32:  # a frozen half-precision base: the memory-saving default on GPUs
+            transformer.to(dtype)
+            if vae is not None:
+                vae.to(dtype)
+        return family.freeze()
+
+    def modules(self):
+        return [self.denoiser] + ([self.vae] if self.vae is not None else [])
+
+    def condition_arrays(self, items):
+        labels = np.array([i["label"] for i in items], np.int64)
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise AGDError("conditions", f"labels must be in [0, {self.num_classes})", "re-run `agd conditions`")
+        return {"labels": labels}
+
+    def null_condition(self, cond):
+        return {"labels": torch.full_like(cond["labels"], self.num_classes)}
+
+    def forward(self, x, t, cond):
+        return self.denoiser(x.to(self.dtype), timestep=t, class_labels=cond["labels"]).sample
+
+    def guided(self, x, t, cond, w):
+        out_cfg, out_cond = super().guided(x, t, cond, w)
+        # CFG acts on epsilon only: the learned variance comes from the conditional branch. With
+        # cfg_channels = 3 only the first three epsilon channels are guided, as the original DiT code
+        # does "for exact reproducibility"; the rest stay conditional.
+        guided = self.cfg_channels or x.shape[1]
+        if guided < out_cfg.shape[1]:
+            out_cfg = torch.cat([out_cfg[:, :guided], out_cond[:, guided:]], dim=1)
+        return out_cfg, out_cond
+
+    def content_identity(self):
+        identity = super().content_identity()
+        return {**identity, "cfg_channels": self.cfg_channels} if self.cfg_channels else identity
+
+    def scheduler_overrides(self, scheduler_name):
+        # DDPM with the model's learned variance: the DiT paper's sampler (250 steps for its FIDs).
+        if self.learned_variance and scheduler_name == "DDPMScheduler":
+            return {"variance_type": "learned_range"}
+        return {}
+
+    def scheduler_output(self, out, scheduler=None):
+        learned = getattr(getattr(scheduler, "config", None), "variance_type", None) in ("learned", "learned_range")
+        return out if self.learned_variance and learned else self.guided_channels(out)
+
+    def guided_channels(self, out):
+        return out[:, : out.shape[1] // 2] if self.learned_variance else out
+
+    def adapter_inputs(self, t, cond):
+        emb = self.denoiser.transformer_blocks[0].norm1.emb  # CombinedTimestepLabelEmbeddings
+        t_emb = emb.timestep_embedder(emb.time_proj(t).to(self.dtype))
+        c_emb = emb.class_embedder(cond["labels"])
+        return t_emb, c_emb.unsqueeze(1)
+
+    @property
+    def embedding_dims(self):
+        d = self.denoiser.inner_dim
+        return d, d
+
+    @property
+    def latent_shape(self):
+        cfg = self.denoiser.config
+        return cfg.in_channels, cfg.sample_size, cfg.sample_size
+
+    def decode(self, x):
+        vae = self.vae_on_device()
+        if vae is not None:
+            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return x.permute(0, 2, 3, 1)

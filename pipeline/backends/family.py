@@ -1,0 +1,170 @@
+"""The `Family` interface every model family implements, and what loading shares."""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from pathlib import Path
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from pipeline.errors import AGDError
+
+if TYPE_CHECKING:
+    from pipeline.backends import BackendSpec
+
+
+def state_fingerprint(module: nn.Module) -> str:
+    """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        if tensor.is_meta:  # shape-only models (size reports, benchmarks): names and shapes identify them
+            digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+            continue
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:32]
+
+
+def _check_path(path: str) -> None:
+    """A local path must exist; anything else is a hub id, which needs the network."""
+    first = path.split("/")[0]
+    looks_local = (path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
+                   or Path(first).is_dir())  # "models/x": a folder under an existing local directory
+    if looks_local and not Path(path).is_dir():
+        raise AGDError(f"base.path {path}", "no such model folder",
+                       "point base.path at a diffusers save_pretrained folder or a hub id such as "
+                       "facebook/DiT-XL-2-256")
+
+
+def _load_error(path: str, err: Exception) -> AGDError:
+    import os
+    offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
+    fix = ("download it where the hub is reachable and set base.path to the local folder" if offline
+           else "check the hub id, your network, or point base.path at a local folder")
+    return AGDError(f"base.path {path}", f"could not load the model ({type(err).__name__}: "
+                    f"{str(err).splitlines()[0][:160]})", fix)
+
+
+class Family:
+    """A frozen base model behind one interface. Subclasses hold the family's peculiarities."""
+
+    spec: BackendSpec
+    denoiser: nn.Module  # the network adapters are injected into
+    scheduler_config: dict
+    fingerprint: str
+
+    # --- condition handling ---------------------------------------------------------------
+    def condition_arrays(self, items: list[dict]) -> dict[str, np.ndarray]:
+        """Conditions file items -> arrays stored per trajectory (what training needs, no encoders)."""
+        raise NotImplementedError
+
+    def null_condition(self, cond: dict) -> dict:
+        raise NotImplementedError
+
+    def condition_batch(self, arrays: dict[str, np.ndarray]) -> dict:
+        """Stored condition arrays (one row per sample) -> tensors the denoiser takes."""
+        return {k: torch.as_tensor(v).to(self.device) for k, v in arrays.items()}
+
+    # --- forward passes -------------------------------------------------------------------
+    def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
+        raise NotImplementedError
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: dict, w: torch.Tensor):
+        """Classifier-free guidance in one batched pass of 2B samples: returns (out_cfg, out_cond)."""
+        null = self.null_condition(cond)
+        first, second = (cond, null) if self.spec.cfg_layout == "cond_null" else (null, cond)
+        both = {k: torch.cat([first[k], second[k]]) for k in cond}
+        out = self.forward(torch.cat([x, x]), torch.cat([t, t]), both)
+        out_first, out_second = out.chunk(2)
+        out_cond, out_null = (out_first, out_second) if self.spec.cfg_layout == "cond_null" else (out_second, out_first)
+        return self.combine(out_cond, out_null, w), out_cond
+
+    def combine(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        w = w.to(out_cond.dtype).view(-1, *([1] * (out_cond.dim() - 1)))
+        return out_null + w * (out_cond - out_null)
+
+    def guided_channels(self, out: torch.Tensor) -> torch.Tensor:
+        """The channels CFG acts on and the loss compares (all, unless the model learns a variance)."""
+        return out
+
+    def scheduler_output(self, out: torch.Tensor, scheduler=None) -> torch.Tensor:
+        """What the scheduler's step takes from a model output (see DiT's learned variance)."""
+        return self.guided_channels(out)
+
+    def scheduler_overrides(self, scheduler_name: str) -> dict:
+        """Changes to the base's scheduler config for a given scheduler class (none by default)."""
+        return {}
+
+    # --- adapter inputs -------------------------------------------------------------------
+    def adapter_inputs(self, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(timestep embedding (B, Dt), condition tokens (B, L, Dc)) from the frozen base."""
+        raise NotImplementedError
+
+    @property
+    def embedding_dims(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    # --- shapes and images ----------------------------------------------------------------
+    @property
+    def latent_shape(self) -> tuple[int, int, int]:
+        raise NotImplementedError
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """Model space -> uint8 images (N, H, W, C)."""
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def adapter_targets(self) -> list[tuple[str, nn.Module]]:
+        found = [(n, m) for n, m in self.denoiser.named_modules()
+                 if any(fnmatch.fnmatchcase(n, p) for p in self.spec.adapter_targets)]
+        if not found:
+            raise AGDError(f"backend {self.spec.name}", f"no module matches {self.spec.adapter_targets}",
+                           "check that base.backend matches the model in base.path")
+        return found
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    def identity(self) -> dict:
+        """What adapter files record about the base (the path only as a hint for people)."""
+        return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
+
+    def content_identity(self) -> dict:
+        """What decides the content of a trajectory store: the weights, not where they lie."""
+        return {"backend": self.spec.name, "fingerprint": self.fingerprint}
+
+    def freeze(self) -> "Family":
+        for module in self.modules():
+            module.eval()  # DiT label dropout and any dropout stay off for good
+            module.requires_grad_(False)
+        return self
+
+    def modules(self) -> list[nn.Module]:
+        return [self.denoiser]
+
+    def to(self, device) -> "Family":
+        """The denoiser moves now; a VAE follows on its first decode and text encoders load where the
+        denoiser is, so a stage that never decodes or encodes holds only the denoiser there."""
+        self.denoiser.to(device)
+        return self
+
+    def vae_on_device(self):
+        if self.vae is not None and next(self.vae.parameters()).device != self.device:
+            self.vae.to(self.device)
+        return self.vae
+
+    def release_text_encoders(self) -> None:
+        """Free the text encoders once every prompt a stage needs is encoded (text families)."""

@@ -1,0 +1,159 @@
+"""Stable Diffusion text-to-image families: SD 2.x (one CLIP, epsilon or v) and SDXL (two CLIPs, text_time)."""
+
+from __future__ import annotations
+
+import torch
+
+from pipeline import preflight
+from pipeline.backends.family import Family, _check_path, _load_error, state_fingerprint
+from pipeline.devices import free_memory
+
+
+class SDFamily(Family):
+    """Stable Diffusion 2.x-style text-to-image UNet (epsilon or v prediction, one CLIP encoder).
+
+    Text encoders load lazily: only conditions need them (trajectories, evaluation, sampling);
+    training reads stored prompt embeddings and never loads them.
+    """
+
+    text_subfolders = (("tokenizer", "text_encoder"),)
+
+    def __init__(self, spec, path, unet, scheduler_config, vae, dtype):
+        self.spec, self.path, self.denoiser, self.vae = spec, path, unet, vae
+        self.scheduler_config, self.model_dtype = scheduler_config, dtype
+        self.fingerprint = state_fingerprint(unet)
+        self._text = None
+        self._null = None
+
+    @classmethod
+    def load(cls, spec, path, dtype):
+        from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+
+        _check_path(path)
+        preflight.model_class(path, "unet", ("UNet2DConditionModel",), spec.name)
+        try:
+            unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+            vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+            scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
+        except (OSError, ValueError, EnvironmentError) as err:
+            raise _load_error(path, err) from None
+        family = cls(spec, path, unet, scheduler_config, vae, dtype)
+        if dtype != torch.float32:
+            unet.to(dtype)
+            vae.to(dtype)
+        return family.freeze()
+
+    def modules(self):
+        return [self.denoiser, self.vae]
+
+    # --- text ------------------------------------------------------------------------------
+    def text_models(self):
+        from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
+
+        if self._text is None:
+            pairs = []
+            for tok_dir, enc_dir in self.text_subfolders:
+                enc_cls = CLIPTextModelWithProjection if enc_dir == "text_encoder_2" else CLIPTextModel
+                try:
+                    tokenizer = AutoTokenizer.from_pretrained(self.path, subfolder=tok_dir)
+                    encoder = enc_cls.from_pretrained(self.path, subfolder=enc_dir).to(self.device).eval()
+                except (OSError, ValueError, EnvironmentError) as err:
+                    raise _load_error(self.path, err) from None
+                encoder.requires_grad_(False)
+                pairs.append((tokenizer, encoder))
+            self._text = pairs
+        return self._text
+
+    @torch.no_grad()
+    def encode(self, captions: list[str]) -> dict[str, torch.Tensor]:
+        (tokenizer, encoder), = self.text_models()
+        ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                        return_tensors="pt").input_ids.to(self.device)
+        return {"prompt_embeds": encoder(ids)[0]}
+
+    def condition_arrays(self, items):
+        embeds = self.encode([i["caption"] for i in items])
+        return {k: v.to(torch.float16).cpu().numpy() for k, v in embeds.items()}  # fp16 keeps stores small
+
+    def condition_batch(self, arrays):
+        return {k: torch.as_tensor(v).to(self.device, self.dtype) for k, v in arrays.items()}
+
+    def null_embeds(self) -> dict:
+        """The empty prompt's condition, encoded once (CFG needs it at every step, long after the
+        text encoders are released)."""
+        if self._null is None:
+            self._null = self.condition_batch(self.condition_arrays([{"caption": ""}]))
+        return self._null
+
+    def null_condition(self, cond):
+        n = len(next(iter(cond.values())))
+        return {k: v.expand(n, *v.shape[1:]) for k, v in self.null_embeds().items()}
+
+    def release_text_encoders(self):
+        self.null_embeds()
+        if self._text is not None:
+            self._text = None
+            free_memory(self.device)
+
+    # --- forward ---------------------------------------------------------------------------
+    def forward(self, x, t, cond):
+        return self.denoiser(x.to(self.dtype), t, encoder_hidden_states=cond["prompt_embeds"].to(self.dtype)).sample
+
+    def adapter_inputs(self, t, cond):
+        t_emb = self.denoiser.time_embedding(self.denoiser.time_proj(t).to(self.dtype))
+        return t_emb, cond["prompt_embeds"]
+
+    @property
+    def embedding_dims(self):
+        cfg = self.denoiser.config
+        t_dim = cfg.time_embedding_dim or cfg.block_out_channels[0] * 4
+        return t_dim, cfg.cross_attention_dim
+
+    @property
+    def latent_shape(self):
+        cfg = self.denoiser.config
+        return cfg.in_channels, cfg.sample_size, cfg.sample_size
+
+    def decode(self, x):
+        vae = self.vae_on_device()
+        images = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+        return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
+
+
+class SDXLFamily(SDFamily):
+    """SDXL: two text encoders (penultimate hidden states concatenated), a pooled embedding and
+    size/crop time ids as extra `text_time` conditioning."""
+
+    text_subfolders = (("tokenizer", "text_encoder"), ("tokenizer_2", "text_encoder_2"))
+
+    @torch.no_grad()
+    def encode(self, captions):
+        hidden, pooled = [], None
+        for tokenizer, encoder in self.text_models():
+            ids = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                            return_tensors="pt").input_ids.to(self.device)
+            out = encoder(ids, output_hidden_states=True)
+            hidden.append(out.hidden_states[-2])
+            pooled = out[0]  # the second encoder's projected pooled output
+        size = self.latent_shape[1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
+        time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(len(captions), 1)
+        return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled": pooled, "time_ids": time_ids}
+
+    def null_embeds(self):
+        if self._null is None:
+            null = self.condition_batch(self.condition_arrays([{"caption": ""}]))
+            if self.denoiser.config.get("force_zeros_for_empty_prompt", True):  # as SDXL's pipeline does
+                null = {**null, "prompt_embeds": torch.zeros_like(null["prompt_embeds"]),
+                        "pooled": torch.zeros_like(null["pooled"])}
+            self._null = null
+        return self._null
+
+    def null_condition(self, cond):
+        n, null = len(cond["prompt_embeds"]), self.null_embeds()
+        return {"prompt_embeds": null["prompt_embeds"].expand(n, -1, -1),
+                "pooled": null["pooled"].expand(n, -1), "time_ids": cond["time_ids"]}
+
+    def forward(self, x, t, cond):
+        added = {"text_embeds": cond["pooled"].to(self.dtype), "time_ids": cond["time_ids"].to(self.dtype)}
+        return self.denoiser(x.to(self.dtype), t, encoder_hidden_states=cond["prompt_embeds"].to(self.dtype),
+                             added_cond_kwargs=added).sample

@@ -1,0 +1,60 @@
+"""Samplers: the evaluation sampler may differ from the trajectory sampler, and DiT samples as the
+DiT paper does (DDPM with its learned variance), or guides three channels as the original code."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from pipeline.backends import load_base
+from pipeline.sampling import family_scheduler, sample
+from tests.conftest import agd, set_params
+from tests.tiny_models import save_dit_xl_like
+
+
+def _dit(tmp_path, **options):
+    return load_base("dit-xl-2", str(save_dit_xl_like(tmp_path / "dit")), **options)
+
+
+def test_ddpm_samples_with_dit_learned_variance(tmp_path, monkeypatch):
+    family = _dit(tmp_path)
+    ddpm = family_scheduler(family, "DDPMScheduler", 4)
+    assert ddpm.config.variance_type == "learned_range"
+    out = torch.randn(2, 8, 8, 8)
+    assert family.scheduler_output(out, ddpm).shape[1] == 8  # epsilon and the variance go to the step
+    assert family.scheduler_output(out, family_scheduler(family, "DDIMScheduler", 4)).shape[1] == 4
+
+    def run(labels, seeds):
+        return sample(family, {"labels": torch.tensor(labels)}, seeds, torch.full((len(seeds),), 4.0),
+                      "DDPMScheduler", 4, mode="cfg")
+
+    both = run([3, 7], [5, 6])
+    assert torch.isfinite(both).all()
+    torch.testing.assert_close(run([7], [6])[0], both[1], atol=1e-5, rtol=1e-5)  # step noise is per seed
+    assert torch.equal(run([3, 7], [5, 6]), both)  # a stochastic sampler, reproducible
+    monkeypatch.setattr(family, "scheduler_overrides", lambda name: {})  # fixed variance instead
+    assert not torch.allclose(run([3, 7], [5, 6]), both)  # so the learned variance was used
+
+
+def test_dit_original_code_guides_three_channels(tmp_path):
+    family = _dit(tmp_path, cfg_channels=3)
+    x, t, cond, w = torch.randn(2, 4, 8, 8), torch.tensor([700, 100]), {"labels": torch.tensor([1, 999])}, 4.0
+    out_cfg, out_cond = family.guided(x, t, cond, torch.tensor([w, w]))
+    null = family.forward(x, t, family.null_condition(cond))
+    torch.testing.assert_close(out_cfg[:, 3:], out_cond[:, 3:])  # fourth epsilon channel and variance: conditional
+    torch.testing.assert_close(out_cfg[:, :3], null[:, :3] + w * (out_cond[:, :3] - null[:, :3]), rtol=1e-4, atol=1e-5)
+    assert family.content_identity()["cfg_channels"] == 3  # a store collected this way is another store
+    assert "cfg_channels" not in _dit(tmp_path / "all").content_identity()
+
+
+def test_evaluation_sampler_differs_from_the_trajectory_sampler(project_copy, tiny_project):
+    set_params(project_copy, **{"evaluate.scheduler": "DDPMScheduler", "evaluate.guidance_scales": [3.0]})
+    done = agd(project_copy, "evaluate")
+    assert "samples with DDPMScheduler, 5 steps; distillation on DDIMScheduler trajectories of 5 steps" in done.stderr
+    new = json.loads((project_copy / "reports/metrics.json").read_text())
+    old = json.loads((tiny_project / "reports/metrics.json").read_text())
+    # the held-out trajectories still come from the sampler the adapters were trained on ...
+    assert new["w3"]["agd_vs_cfg"]["correction_captured"] == old["w3"]["agd_vs_cfg"]["correction_captured"]
+    # ... while the samples come from DDPM
+    assert new["w3"]["cfg"]["fid"] != old["w3"]["cfg"]["fid"]
