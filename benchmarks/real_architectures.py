@@ -10,7 +10,8 @@ runs conditions, trajectories (2 trajectories x 2 sampler steps), verify, train 
 bfloat16 base, bfloat16 autocast, gradient checkpointing), fid-ref (4 generated reference images),
 evaluate (2 samples) and `agd sample`, each in its own process as `dvc repro` runs them, and the
 wall time and peak resident memory of every stage are written to --out. The tokenizers are
-byte-level (no vocabulary download); the text encoders have the real sizes.
+byte-level (no vocabulary download); the text encoders have the real sizes. This process stays
+small (models are built in a child process), so each stage's peak memory is its own.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -99,7 +99,7 @@ def save_sdxl(path: Path, resolution: int) -> None:
     byte_tokenizer(77).save_pretrained(path / "tokenizer")
     byte_tokenizer(77).save_pretrained(path / "tokenizer_2")
     vae(resolution, 0.13025).save_pretrained(path / "vae")
-    EulerDiscreteScheduler(**{k: v for k, v in SD_SCALED.items() if k != "set_alpha_to_one"},
+    EulerDiscreteScheduler(**{k: v for k, v in SD_SCALED.items() if k not in ("set_alpha_to_one", "clip_sample")},
                            timestep_spacing="leading").save_pretrained(path / "scheduler")
 
 
@@ -125,12 +125,12 @@ def params(backend: str, scheduler: str, width: int) -> dict:
     }
 
 
-def prepare_project(project: Path, backend: str, resolution: int) -> None:
+def prepare_project(project: Path, resolution: int, assets: Path) -> None:
     from PIL import Image
 
     project.mkdir(parents=True, exist_ok=True)
     (project / "data" / "assets").mkdir(parents=True, exist_ok=True)
-    inception = ROOT / "data" / "assets" / "inception-2015-12-05.pt"
+    inception = assets / "inception-2015-12-05.pt"
     if not inception.exists():
         raise SystemExit(f"{inception} missing: run `agd prepare` (or dvc repro) in {ROOT} first")
     target = project / "data" / "assets" / inception.name
@@ -155,20 +155,25 @@ def run_stage(project: Path, args: list[str]) -> dict:
         proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *args], cwd=project, env=env,
                                 stdout=log, stderr=log)
         _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
+    code = proc.returncode
     return {"stage": args[0], "seconds": round(seconds, 1), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
             "exit": code}
 
 
-def run_backend(backend: str, work: Path, resolution: int) -> dict:
-    save, default_resolution, scheduler, width = BUILDERS[backend]
+def run_backend(backend: str, work: Path, resolution: int, assets: Path, reuse: bool = False) -> dict:
+    _, _, scheduler, width = BUILDERS[backend]
     project = work / backend
-    if project.exists():
-        shutil.rmtree(project)
-    prepare_project(project, backend, resolution)
+    reusing = reuse and (project / "base" / "scheduler").is_dir()
+    for entry in project.iterdir() if project.exists() else []:
+        if not (reusing and entry.name == "base"):
+            shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+    prepare_project(project, resolution, assets)
     start = time.perf_counter()
-    save(project / "base", resolution)
+    if not reusing:
+        subprocess.run([sys.executable, __file__, "--build", backend, "--resolution", str(resolution),
+                        "--work", str(project / "base")], check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     build_seconds = time.perf_counter() - start
     (project / "params.yaml").write_text(yaml.safe_dump(params(backend, scheduler, width), sort_keys=False))
     sample = ["sample", "-w", "4", "--steps", "2", "--out", "sample.png"]
@@ -199,14 +204,23 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=Path("/tmp/agd-real"))
     parser.add_argument("--out", type=Path, default=ROOT / "reports" / "real_architectures.json")
     parser.add_argument("--keep", action="store_true", help="keep the saved models under --work")
+    parser.add_argument("--reuse-base", action="store_true", help="use models saved by an earlier --keep run")
+    parser.add_argument("--assets", type=Path, default=ROOT / "data" / "assets", help="folder with the Inception weights")
+    parser.add_argument("--build", help=argparse.SUPPRESS)  # child process: build one backend's models
+    parser.add_argument("--resolution", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.build:
+        BUILDERS[args.build][0](args.work, args.resolution)
+        return
+    from importlib.metadata import version
+
     out = json.loads(args.out.read_text()) if args.out.exists() else {}
     out.update({"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
-                "torch": torch.__version__, "threads": torch.get_num_threads()})
+                "torch": version("torch"), "threads": "torch default (one per core)"})
     out.setdefault("runs", {})
     for backend in args.backends.split(","):
         resolution = args.sdxl_resolution if backend == "sdxl" else BUILDERS[backend][1]
-        out["runs"][backend] = run_backend(backend, args.work, resolution)
+        out["runs"][backend] = run_backend(backend, args.work, resolution, args.assets, args.reuse_base)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2) + "\n")  # after each backend: a partial run keeps its rows
         if not args.keep:
