@@ -103,14 +103,3 @@ class DiTFamily(Family):
         d = self.denoiser.inner_dim
         return d, d
 
-    @property
-    def latent_shape(self):
-        cfg = self.denoiser.config
-        return cfg.in_channels, cfg.sample_size, cfg.sample_size
-
-    def decode(self, x):
-        vae = self.vae_on_device()
-        if vae is not None:
-            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
-        x = ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-        return x.permute(0, 2, 3, 1)

@@ -56,6 +56,7 @@ class Family:
 
     spec: BackendSpec
     denoiser: nn.Module  # the network adapters are injected into
+    vae: nn.Module | None = None  # latent-space families decode through it
     scheduler_config: dict
     fingerprint: str
 
@@ -113,11 +114,15 @@ class Family:
     # --- shapes and images ----------------------------------------------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:
-        raise NotImplementedError
+        cfg = self.denoiser.config
+        return cfg.in_channels, cfg.sample_size, cfg.sample_size
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Model space -> uint8 images (N, H, W, C)."""
-        raise NotImplementedError
+        """Model space -> uint8 images (N, H, W, C): through the VAE where there is one, else pixels."""
+        vae = self.vae_on_device()
+        if vae is not None:
+            x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
+        return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
     @property
     def device(self) -> torch.device:

@@ -109,15 +109,6 @@ class SDFamily(Family):
         t_dim = cfg.time_embedding_dim or cfg.block_out_channels[0] * 4
         return t_dim, cfg.cross_attention_dim
 
-    @property
-    def latent_shape(self):
-        cfg = self.denoiser.config
-        return cfg.in_channels, cfg.sample_size, cfg.sample_size
-
-    def decode(self, x):
-        vae = self.vae_on_device()
-        images = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
-        return ((images.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
 
 class SDXLFamily(SDFamily):
