@@ -17,6 +17,7 @@ import yaml
 from pipeline.errors import AGDError
 
 PARAMS_FILE = Path("params.yaml")
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")  # base.device values (resolved by pipeline.devices)
 
 
 @dataclass
@@ -240,7 +241,7 @@ def parse_section(name: str, raw: dict | None, path: Path = PARAMS_FILE):
 
 def _check_relations(name: str, p, path: Path) -> None:
     where = f"{path}: {name}"
-    if name == "base" and not re.match(r"^(auto|cpu|cuda|cuda:\d+)$", p.device):
+    if name == "base" and not DEVICE_PATTERN.match(p.device):
         raise AGDError(f"{where}.device", f"unknown device {p.device!r}", "use auto, cpu, cuda or cuda:N")
     if name == "base" and p.cfg_channels < 0:
         raise AGDError(f"{where}.cfg_channels", f"must not be negative, got {p.cfg_channels}",

@@ -2,24 +2,21 @@
 
 auto takes the first CUDA device when torch sees one, else the CPU, so the same params run on a
 laptop and on a GPU box without an edit. Asking for CUDA where there is none is one error line.
-Initial noise is always drawn on the CPU (pipeline.sampling.initial_noise), so a sample depends
+Initial noise is always drawn on the CPU (pipeline.sampling.seeded_generators), so a sample depends
 on its seed alone, not on the device or the batch.
 """
 
 from __future__ import annotations
 
-import re
-
 import torch
 
+from pipeline.config import DEVICE_PATTERN
 from pipeline.errors import AGDError
-
-PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
 
 def resolve(name: str, key: str = "params.yaml: base.device") -> torch.device:
     """The torch device for a `base.device` value; CUDA matmuls may use TF32 (as the authors' code)."""
-    if not PATTERN.match(name):
+    if not DEVICE_PATTERN.match(name):
         raise AGDError(key, f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
     if name == "auto":
         name = "cuda:0" if torch.cuda.is_available() else "cpu"

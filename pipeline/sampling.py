@@ -39,15 +39,14 @@ def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num
     return scheduler
 
 
-def initial_noise(seeds, shape, generators: list | None = None) -> torch.Tensor:
-    """One CPU generator per sample: a sample's noise depends on its seed alone, not on its batch
-    or device. Pass `generators` to keep drawing from them (a stochastic sampler's step noise)."""
-    generators = generators if generators is not None else seeded_generators(seeds)
-    return torch.stack([torch.randn(shape, generator=g) for g in generators])
-
-
 def seeded_generators(seeds) -> list[torch.Generator]:
+    """One CPU generator per sample: its noise depends on its seed alone, not on its batch or device."""
     return [torch.Generator().manual_seed(int(s)) for s in seeds]
+
+
+def initial_noise(generators: list[torch.Generator], shape) -> torch.Tensor:
+    """The first draw of each sample's generator (later draws: a stochastic sampler's step noise)."""
+    return torch.stack([torch.randn(shape, generator=g) for g in generators])
 
 
 def family_scheduler(family, name: str, num_steps: int, key: str = "num_steps"):
@@ -69,7 +68,7 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
     scheduler = family_scheduler(family, scheduler_name, num_steps)
     device = family.device
     generators = seeded_generators(seeds)
-    x = initial_noise(seeds, family.latent_shape, generators).to(device) * scheduler.init_noise_sigma
+    x = initial_noise(generators, family.latent_shape).to(device) * scheduler.init_noise_sigma
     # Stochastic samplers (DDPM) draw step noise from the samples' own generators: per seed, as above.
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(len(x))

@@ -12,40 +12,35 @@ import json
 from pathlib import Path
 
 from pipeline.config import load_all
-from pipeline.errors import AGDError
 from pipeline.progress import log
 
 MARKER = Path("data/params.checked")
 MARKER_TEXT = "params.yaml passed `agd check`\n"
 
 
-def _train_timesteps(base_path: str) -> int | None:
-    config = Path(base_path) / "scheduler" / "scheduler_config.json"
+def _scheduler_config(base_path: str) -> dict:
+    """The base's scheduler config from disk, without loading the model ({}: a hub id, whose
+    defaults the check then uses; the stage that loads the base checks again)."""
     try:
-        return int(json.loads(config.read_text()).get("num_train_timesteps", 1000))
-    except (OSError, ValueError, AttributeError, TypeError):
-        return None  # no local scheduler config: the stage that loads the base reports it
+        return dict(json.loads((Path(base_path) / "scheduler" / "scheduler_config.json").read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
 
 
 def run() -> None:
-    import diffusers
-
     from pipeline import preflight
     from pipeline.backends import get_spec
     from pipeline.captions import read_captions
+    from pipeline.sampling import make_scheduler
 
     params = load_all()
     base, traj, cond, ev = params["base"], params["trajectories"], params["conditions"], params["evaluate"]
     spec = get_spec(base.backend)
-    scheduler = getattr(diffusers, traj.scheduler, None)
-    if not (isinstance(scheduler, type) and issubclass(scheduler, diffusers.SchedulerMixin)):
-        raise AGDError(f"params.yaml: trajectories.scheduler {traj.scheduler!r}", "not a diffusers scheduler class",
-                       "use e.g. DDIMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler")
-    limit = _train_timesteps(base.path)
-    for key, steps in (("trajectories.num_steps", traj.num_steps), ("evaluate.num_steps", ev.num_steps)):
-        if limit is not None and steps > limit:
-            raise AGDError(f"params.yaml: {key}", f"{steps} sampler steps, but the base model has {limit} "
-                           "training timesteps", f"use at most {limit} steps")
+    config = _scheduler_config(base.path)
+    # The same checks the stages make when they build their samplers: scheduler class and step count.
+    for section, name, steps in (("trajectories", traj.scheduler, traj.num_steps),
+                                 ("evaluate", ev.scheduler or traj.scheduler, ev.num_steps)):
+        make_scheduler(name, config, steps, key=f"params.yaml: {section}.num_steps")
     if spec.condition == "text":
         read_captions(Path(cond.captions_file))
         read_captions(Path(ev.captions_file))

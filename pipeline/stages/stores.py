@@ -14,8 +14,8 @@ from pipeline.progress import log
 from pipeline.store import TrajectoryStore
 
 
-def summary(folder: Path, store: TrajectoryStore | None) -> str:
-    size = shelf.human_bytes(shelf.disk_use(folder))
+def summary(folder: Path, store: TrajectoryStore | None, size_bytes: int) -> str:
+    size = shelf.human_bytes(size_bytes)
     if store is None:
         return f"{folder}: unreadable store, {size}"
     a = store.attrs
@@ -32,17 +32,17 @@ def run(prune: bool = False) -> None:
             current = TrajectoryStore.open(output)
         except Exception:
             current = None
-        log("in use (trajectories.output):\n  " + summary(output, current))
+        log("in use (trajectories.output):\n  " + summary(output, current, shelf.disk_use(output)))
     else:
         log(f"in use (trajectories.output): {output} does not exist yet")
     aside = shelf.stores(output)
     if not aside:
         log(f"set aside: none ({shelf.shelf_dir(output)} is empty)")
         return
-    total = sum(shelf.disk_use(folder) for folder, _ in aside)
-    log(f"set aside ({len(aside)}, {shelf.human_bytes(total)} in all; `agd stores --prune` deletes them):")
-    for folder, store in aside:
-        log("  " + summary(folder, store))
+    sizes = [shelf.disk_use(folder) for folder, _ in aside]
+    log(f"set aside ({len(aside)}, {shelf.human_bytes(sum(sizes))} in all; `agd stores --prune` deletes them):")
+    for (folder, store), size in zip(aside, sizes):
+        log("  " + summary(folder, store, size))
     if prune:
         count, freed = shelf.prune(output)
         log(f"pruned {count} set-aside stores, {shelf.human_bytes(freed)} freed")
