@@ -1,4 +1,4 @@
-"""Adapter parameter counts and their share of each real backend, at the presets' adapter widths.
+"""Adapter parameter counts and their share of each real backend, at the adapter widths of conf/backend/.
 
     python benchmarks/adapter_sizes.py
 
@@ -14,13 +14,14 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.real_shapes import BUILDERS  # noqa: E402
 from pipeline.adapters import AdapterSet  # noqa: E402
+from pipeline.compose import compose  # noqa: E402
 
 
 def main():
     root = Path(__file__).resolve().parents[1]
     print(f"{'backend':10} {'architecture':16} {'width':>5} {'modules':>7} {'adapter params':>15} {'base params':>15} {'%':>6}")
     for name, build in BUILDERS.items():
-        train = yaml.safe_load((root / "presets" / f"{name}.yaml").read_text())["train"]
+        train = yaml.safe_load(compose([f"backend={name}"], conf=root / "conf"))["train"]
         with torch.device("meta"):
             family = build()
             for architecture in ("cross_attention", "offset"):

@@ -112,6 +112,8 @@ BUILDERS = {"dit-xl-2": (save_dit_xl_2, 256, "DDIMScheduler", 128),
 def params(backend: str, scheduler: str, width: int) -> dict:
     text = backend != "dit-xl-2"
     return {
+        "dag": {"mnist": [], "fid_ref": "refs", "conditions": "captions.json" if text else "base/transformer/config.json",
+                "evaluate": "captions.json" if text else "base"},
         "base": {"backend": backend, "path": "base", "dtype": "bfloat16", "device": "cpu", "cfg_channels": 0},
         "fid_ref": {"num_images": 4, "batch_size": 4, "image_folder": "refs"},
         "conditions": {"per_class": 1, "max_trajectories": 2, "captions_file": "captions.json" if text else "",
@@ -178,7 +180,7 @@ def run_backend(backend: str, work: Path, resolution: int, assets: Path, reuse: 
     (project / "params.yaml").write_text(yaml.safe_dump(params(backend, scheduler, width), sort_keys=False))
     sample = ["sample", "-w", "4", "--steps", "2", "--out", "sample.png"]
     sample += ["--labels", "0,1"] if backend == "dit-xl-2" else ["--prompt", CAPTIONS[0]]
-    stages = [["conditions"], ["trajectories"], ["verify"], ["train"], ["fid-ref"], ["evaluate"], sample]
+    stages = [["check"], ["conditions"], ["trajectories"], ["verify"], ["train"], ["fid-ref"], ["evaluate"], sample]
     results = []
     for args in stages:
         result = run_stage(project, args)

