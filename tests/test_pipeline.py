@@ -9,8 +9,8 @@ from PIL import Image
 from pipeline.store import TrajectoryStore
 from tests.conftest import ROOT, agd
 
-COMMANDS = ["check", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train", "evaluate",
-            "verify", "stores", "sample", "preset"]
+COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
+            "evaluate", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -25,7 +25,7 @@ def test_dvc_yaml_stages_are_cli_commands():
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     for name, stage in stages.items():
-        command = stage["cmd"].split()
+        command = stage.get("do", stage)["cmd"].split()  # foreach stages (prepare, classifier) keep it under do
         assert command[0] == "agd" and command[1] in COMMANDS, name
 
 
