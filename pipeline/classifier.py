@@ -1,4 +1,9 @@
-"""The judge of class accuracy: a small CNN trained on MNIST at the base model's resolution."""
+"""The judge of the embedded default: a small CNN trained on MNIST at the base model's resolution.
+
+It judges class accuracy, and its penultimate features (128-d) are a feature space where Frechet
+distance, precision and recall are cheap enough for thousands of samples on a CPU. Its folder
+holds the weights and the reference statistics of those features on all MNIST test digits.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from pipeline.errors import AGDError
+
+JUDGE = Path("models/judge")
+WEIGHTS = JUDGE / "classifier.pt"
+REFERENCE = JUDGE / "reference.npz"  # mu, sigma and features of the judge on MNIST test digits
 
 
 class DigitClassifier(nn.Module):
@@ -36,12 +45,19 @@ def shift_augment(x: torch.Tensor, gen: torch.Generator, max_shift: int = 1) -> 
 
 
 @torch.no_grad()
+def features(model: DigitClassifier, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """Penultimate features (N, 128) of float images in [-1, 1]."""
+    model.eval()
+    return torch.cat([model.features(x[i:i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+@torch.no_grad()
 def predict(model: DigitClassifier, x: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
 
 
-def load(path: Path) -> DigitClassifier:
+def load(path: Path = WEIGHTS) -> DigitClassifier:
     if not Path(path).exists():
         raise AGDError(str(path), "classifier weights not found", "run `agd classifier` (dvc repro) first")
     model = DigitClassifier()

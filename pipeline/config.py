@@ -31,7 +31,7 @@ class DagParams:
     fid_ref: str = "data/mnist.npz"  # the real images the FID reference is computed from
     conditions: str = "models/base-mnist-dit/transformer/config.json"  # what conditions are drawn from: the
     # model's classes or the captions file
-    evaluate: str = "models/classifier.pt"  # what evaluate reads besides model, adapters and FID reference:
+    evaluate: str = "models/judge"  # what evaluate reads besides model, adapters and FID reference:
     # the digit judge, the evaluation captions, or (DiT) the model itself
 
 
@@ -70,6 +70,7 @@ class FidRefParams:
     num_images: int = 1000  # reference images: the first N MNIST test digits or folder files; 0: all of them
     batch_size: int = 50
     image_folder: str = ""  # real backends: a folder of real images (ImageNet / COCO val)
+    features_kept: int = 10000  # features stored for KID and precision/recall (a random subset when there are more)
 
 
 @dataclass
@@ -145,6 +146,8 @@ class EvaluateParams:
     scheduler: str = ""  # sampler of the evaluation samples; "" = trajectories.scheduler (DiT paper: DDPMScheduler)
     num_steps: int = 25
     batch_size: int = 125
+    inception_samples: int = 250  # Inception FID/KID/precision/recall on the first N samples; 0: all
+    bootstrap: int = 200  # resamples behind every 95 % interval
     held_out_trajectories: int = 32  # fresh CFG trajectories to measure correction captured
     captions_file: str = ""  # text backends: prompts for evaluation
     seed: int = 1000
@@ -174,7 +177,7 @@ POSITIVE = {
     "trajectories": ["num_steps", "batch_size"],
     "train": ["width", "heads", "fourier_features", "steps", "batch_size", "lr",
               "buffer_trajectories", "checkpoint_every"],
-    "evaluate": ["num_samples", "num_steps", "batch_size", "held_out_trajectories"],
+    "evaluate": ["num_samples", "num_steps", "batch_size", "held_out_trajectories", "bootstrap"],
 }
 CHOICES = {
     ("base", "dtype"): ["float32", "bfloat16", "float16"],
@@ -283,6 +286,11 @@ def _check_relations(name: str, p, path: Path) -> None:
         if p.default_scale not in p.guidance_scales:
             raise AGDError(f"{where}.default_scale", f"{p.default_scale} is not in guidance_scales",
                            "add it to evaluate.guidance_scales")
+    if name == "evaluate" and p.inception_samples < 0:
+        raise AGDError(f"{where}.inception_samples", f"must not be negative, got {p.inception_samples}",
+                       "use 0 (all samples) or a count")
+    if name == "fid_ref" and p.features_kept < 0:
+        raise AGDError(f"{where}.features_kept", f"must not be negative, got {p.features_kept}", "use 0 (all) or a count")
     if name == "fid_ref" and p.num_images < 0:
         raise AGDError(f"{where}.num_images", f"must not be negative, got {p.num_images}", "use 0 (all) or a count")
     if name == "pretrain" and not 0 <= p.label_drop < 1:

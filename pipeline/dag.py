@@ -17,7 +17,7 @@ from pipeline.config import DagParams
 from pipeline.errors import AGDError
 
 MNIST_DATA = "data/mnist.npz"
-JUDGE = "models/classifier.pt"
+JUDGE = "models/judge"
 
 
 def model_config(base_path: str) -> str:

@@ -16,6 +16,9 @@ from cleanfid import fid as cleanfid
 
 from pipeline.errors import AGDError
 
+WEIGHTS = Path("data/assets/inception-2015-12-05.pt")  # written by stage assets
+REFERENCE = Path("data/fid_ref.npz")  # written by stage fid_ref
+
 
 class InceptionFeatures(torch.nn.Module):
     """float (B, 3, 299, 299) in [0, 255] -> (B, 2048) pool3 features."""
@@ -77,8 +80,28 @@ def frechet(stats_a: dict, stats_b: dict) -> float:
     return float(cleanfid.frechet_distance(stats_a["mu"], stats_a["sigma"], stats_b["mu"], stats_b["sigma"]))
 
 
-def load_stats(path: Path) -> dict[str, np.ndarray]:
+def save_reference(path: Path, features: np.ndarray, keep: int = 0, seed: int = 0) -> None:
+    """Mean and covariance of all features, and the features themselves for KID and precision/recall
+    (a random `keep` of them when there are more: a whole ImageNet's would be 10 GB). Atomic."""
+    stats = statistics(features)
+    kept = features
+    if keep and len(features) > keep:
+        kept = features[np.sort(np.random.default_rng(seed).choice(len(features), keep, replace=False))]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    part = path.with_name(path.stem + ".part.npz")
+    np.savez(part, mu=stats["mu"], sigma=stats["sigma"], features=kept.astype(np.float32), count=len(features))
+    part.replace(path)
+
+
+def load_reference(path: Path):
+    """A saved reference as pipeline.quality.Reference."""
+    from pipeline.quality import Reference
+
     if not Path(path).exists():
-        raise AGDError(str(path), "FID reference statistics not found", "run `agd fid-ref` (dvc repro) first")
+        raise AGDError(str(path), "reference statistics not found", "run `dvc repro` (agd fid-ref / agd classifier) first")
     with np.load(path) as f:
-        return {"mu": f["mu"], "sigma": f["sigma"]}
+        if "features" not in f:
+            raise AGDError(str(path), "holds no reference features (made by an older version)",
+                           "run `dvc repro` to compute it again")
+        return Reference(f["mu"], f["sigma"], f["features"])

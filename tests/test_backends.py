@@ -162,9 +162,11 @@ def test_text_backend_evaluate_and_sample(trained, prepared_data, monkeypatch):
     monkeypatch.chdir(project)
     _run(project, "fid-ref")
     _run(project, "evaluate")
-    metrics = json.loads((project / "reports/metrics.json").read_text())
-    assert metrics["w4"]["cfg"]["nfe_per_image"] == 6 and metrics["w4"]["agd"]["nfe_per_image"] == 3
-    assert "accuracy" not in metrics["w4"]["cfg"]  # no class judge for text models
+    timing = json.loads((project / "reports/timing.json").read_text())
+    assert timing["w4"]["cfg"]["nfe_per_image"] == 6 and timing["w4"]["agd"]["nfe_per_image"] == 3
+    quality = json.loads((project / "reports/quality.json").read_text())
+    assert "accuracy" not in quality["w4"]["cfg"] and "judge_fd" not in quality["w4"]["cfg"]  # no judge for text models
+    assert {"fid_diff", "kid_diff"} <= set(json.loads((project / "reports/metrics.json").read_text())["w4"])
     _run(project, "sample", "--prompt", "a cat", "--prompt", "a dog", "-w", "7.5", "--out", "two.png")
     assert Image.open(project / "two.png").size == (32, 16)
 

@@ -153,7 +153,8 @@ CASES = [
     ("adapter-truncated", truncate("models/adapters/adapters.safetensors"), "evaluate", "unreadable or wrong shapes"),
     ("adapter-config-garbage", write("models/adapters/adapters.json", "[1, 2"), "evaluate", "not an adapter config"),
     ("adapter-other-base", edit_json("models/adapters/adapters.json", other_base_adapters), "evaluate", "made for base"),
-    ("classifier-missing", remove("models/classifier.pt"), "evaluate", "classifier weights not found"),
+    ("classifier-missing", remove("models/judge/classifier.pt"), "evaluate", "classifier weights not found"),
+    ("judge-reference-missing", remove("models/judge/reference.npz"), "evaluate", "reference statistics not found"),
     ("asset-wrong-checksum", fake_wheel, "prepare", "is not the pinned"),
     # Damaged data is refused by the readers, not only by `agd verify`.
     ("store-chunk-deleted-train", remove("data/trajectories.zarr/x/c/3/0/0/0/0"), "train",

@@ -106,22 +106,27 @@ def test_store_built_at_another_batch_size_matches_to_float_rounding(project_cop
 
 
 def test_correction_captured_is_not_applicable_where_cfg_corrects_nothing(tiny_project, monkeypatch):
+    from pipeline import distill
     from pipeline.adapters import AdapterSet
     from pipeline.backends import load_base
-    from pipeline.config import load_section
-    from pipeline.stages.evaluate import Evaluation
 
     monkeypatch.chdir(tiny_project)
     family = load_base("mnist-dit", "models/base-mnist-dit")
-    ev = Evaluation(family, AdapterSet.load(tiny_project / "models/adapters", family), load_section("evaluate"),
-                    "DDIMScheduler")
-    at_one = ev.correction_captured(1.0)  # CFG equals the conditional model: nothing to capture
-    assert at_one == {"correction_defined": False}
-    at_zero = ev.correction_captured(0.0)  # towards the unconditional model: defined, and finite
+    adapters = AdapterSet.load(tiny_project / "models/adapters", family)
+    cond = family.condition_batch(family.condition_arrays([{"label": i % 10} for i in range(4)]))
+    seeds = 10**9 + np.arange(4)
+
+    def held_out(w):
+        return distill.held_out(family, adapters, cond, seeds, w, "DDIMScheduler", 5)
+
+    at_one, rows = held_out(1.0)  # CFG equals the conditional model: nothing to capture
+    assert at_one == {"correction_defined": False} and len(rows) == 5 and "captured" not in rows[0]
+    at_zero, _ = held_out(0.0)  # towards the unconditional model: defined, and finite
     assert at_zero["correction_defined"] and np.isfinite(at_zero["correction_captured"])
-    at_three = ev.correction_captured(3.0)
+    at_three, rows = held_out(3.0)
     assert at_three["correction_defined"] and at_three["correction_captured"] <= 1
-    assert -1 <= at_three["correction_cosine"] <= 1
+    assert -1 <= at_three["correction_cosine"] <= 1 and at_three["correction_gain"] > 0
+    assert all(-1 <= r["cosine"] <= 1 for r in rows)
 
 
 def test_unusable_store_is_set_aside_not_deleted(project_copy, tiny_project):

@@ -60,20 +60,36 @@ def test_training_lowered_the_loss_and_reports_size(tiny_project):
 
 
 def test_metrics_line_up_agd_against_cfg(tiny_project):
-    m = json.loads((tiny_project / "reports" / "metrics.json").read_text())
-    assert set(m) == {"unguided", "w3", "w6", "default_scale"}
+    reports = tiny_project / "reports"
+    m, q, timing = (json.loads((reports / f"{name}.json").read_text()) for name in ("metrics", "quality", "timing"))
+    assert set(m) == {"w3", "w6"} and set(q) == set(timing) == {"unguided", "w3", "w6"}
     for key in ("w3", "w6"):
-        cfg, agd_m = m[key]["cfg"], m[key]["agd"]
-        assert cfg["nfe_per_image"] == 2 * agd_m["nfe_per_image"] == 10
-        for method in (cfg, agd_m):
-            assert method["fid"] > 0 and 0 <= method["accuracy"] <= 1 and method["seconds_per_image"] > 0
-        versus = m[key]["agd_vs_cfg"]
-        assert versus["fid_ratio"] == pytest.approx(agd_m["fid"] / cfg["fid"], rel=1e-3)
-        assert versus["correction_defined"] and versus["correction_captured"] <= 1
+        assert timing[key]["cfg"]["nfe_per_image"] == 2 * timing[key]["agd"]["nfe_per_image"] == 10
+        for method in (q[key]["cfg"], q[key]["agd"]):
+            for name in ("fid", "kid", "judge_fd"):  # each distance with its interval around it
+                assert method[name]["ci_low"] <= method[name]["value"] <= method[name]["ci_high"] or name == "kid"
+            assert 0 <= method["accuracy"] <= 1 and 0 <= method["precision"] <= 1 and 0 <= method["judge_recall"] <= 1
+        versus = m[key]
+        assert versus["fid_diff"]["value"] == pytest.approx(q[key]["agd"]["fid"]["value"] - q[key]["cfg"]["fid"]["value"],
+                                                            abs=2e-4)
+        for name in ("fid_diff", "kid_diff", "judge_fd_diff"):
+            diff = versus[name]
+            assert diff["significant"] == (diff["ci_low"] > 0 or diff["ci_high"] < 0)
+        assert versus["correction_defined"] and versus["correction_captured"] <= 1 and versus["correction_gain"] > 0
+        assert versus["same_seed_mse"] >= 0 and versus["same_seed_judge_distance"] >= 0
         assert versus["in_training_range"] == (key == "w3")
-    assert m["default_scale"]["w"] == 3.0
-    grid = Image.open(tiny_project / "reports" / "samples.png")
+    grid = Image.open(reports / "samples.png")
     assert grid.width > 2 * grid.height  # CFG block | AGD block side by side
+
+
+def test_distillation_table_has_one_row_per_sampler_step(tiny_project):
+    lines = (tiny_project / "reports" / "distillation.csv").read_text().splitlines()
+    header = lines[0].split(",")
+    assert header == ["step", "t", "captured_w3", "cosine_w3", "gain_w3", "captured_w6", "cosine_w6", "gain_w6"]
+    rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
+    assert [int(r["step"]) for r in rows] == list(range(5))  # trajectories.num_steps of the tiny project
+    assert all(float(r["captured_w3"]) <= 1 and -1 <= float(r["cosine_w3"]) <= 1 for r in rows)
+    assert [float(r["t"]) for r in rows] == sorted((float(r["t"]) for r in rows), reverse=True)
 
 
 def test_sample_command(tiny_project, tmp_path):

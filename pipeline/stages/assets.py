@@ -2,11 +2,10 @@
 
 from pathlib import Path
 
-from pipeline import assets
+from pipeline import assets, fid
 from pipeline.progress import log
-from pipeline.stages.evaluate import INCEPTION
 
 
-def run(dest: Path = INCEPTION) -> None:
+def run(dest: Path = fid.WEIGHTS) -> None:
     assets.fetch(assets.INCEPTION, dest)
     log(f"assets: FID Inception-v3 weights -> {dest}")

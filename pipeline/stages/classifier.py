@@ -1,4 +1,5 @@
-"""Stage `classifier`: train the MNIST judge of class accuracy (floor: 99 % test accuracy)."""
+"""Stage `classifier`: train the MNIST judge (floor: 99 % test accuracy) and write its feature
+reference: mean, covariance and features of all MNIST test digits."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import devices, mnist, preflight
-from pipeline.classifier import DigitClassifier, predict, shift_augment
+from pipeline import devices, fid, mnist, preflight
+from pipeline.classifier import REFERENCE, WEIGHTS, DigitClassifier, features, predict, shift_augment
 from pipeline.config import load_section
 from pipeline.progress import Tracker, log
 
-WEIGHTS = Path("models/classifier.pt")
 REPORT = Path("reports/classifier.json")
 
 
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("classifier")
-    preflight.writable_all([("classifier weights", WEIGHTS, "file"), ("report", REPORT, "file")])
+    preflight.writable_all([("classifier weights", WEIGHTS, "file"), ("judge reference", REFERENCE, "file"),
+                            ("report", REPORT, "file")])
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train_x, train_y = mnist.load_split(data_dir, "train")
@@ -43,10 +44,13 @@ def run(data_dir: Path = Path("data")) -> None:
                 opt.step()
                 sched.step()
                 tracker.advance(1, loss=loss.item())
-    predicted = predict(model, mnist.to_model_space(test_x).to(device)).cpu()
+    test = mnist.to_model_space(test_x).to(device)
+    predicted = predict(model, test).cpu()
     accuracy = float((predicted == torch.from_numpy(test_y)).float().mean())
+    reference = features(model, test).cpu().numpy()
     WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.cpu().state_dict(), WEIGHTS)
+    fid.save_reference(REFERENCE, reference)
     REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(json.dumps({"test_accuracy": round(accuracy, 4)}, indent=2) + "\n")
     log(f"classifier: MNIST test accuracy {accuracy:.4f}")

@@ -1,147 +1,43 @@
 """Stage `evaluate`: AGD (1 NFE per step) against CFG (2 NFE per step) on the same conditions and noise.
 
-Per guidance scale: FID (clean-fid, pinned Inception), class accuracy (where a judge exists),
-NFE and seconds per image, and how much of CFG's correction `out_cfg - out_cond` AGD's one
-pass captures on states of fresh, held-out CFG trajectories. The unguided base (w = 1) is
-reported beside them. Writes reports/metrics.json and a CFG | AGD sample grid.
+Per guidance scale, written so that `dvc metrics diff` reads the answer first:
+- reports/metrics.json: AGD against CFG. Paired differences of FID, KID and (embedded default)
+  the classifier-feature distance, each with a 95 % interval and `significant`; class-accuracy
+  gap; how much of CFG's correction AGD's pass captures on fresh held-out CFG trajectories
+  (captured, cosine, gain); how close AGD's images are to CFG's, seed by seed.
+- reports/quality.json: each method's own figures with intervals (and the unguided base).
+- reports/timing.json: seconds and NFE per image (they change on every run; kept apart).
+- reports/distillation.csv: captured, cosine and gain per sampler step (a DVC plot).
+- reports/samples.png: CFG | AGD at the default scale, same seeds.
 """
 
 from __future__ import annotations
 
+import csv
 import json
-import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from pipeline import devices, fid, preflight
+from pipeline import devices, distill, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.config import load_section
-from pipeline.progress import Tracker, log
-from pipeline.sampling import NFE_PER_STEP, family_scheduler, sample
+from pipeline.evaluation import Evaluation, same_seed_mse
+from pipeline.progress import log
+from pipeline.sampling import family_scheduler
 
 METRICS = Path("reports/metrics.json")
+QUALITY = Path("reports/quality.json")
+TIMING = Path("reports/timing.json")
+DISTILLATION = Path("reports/distillation.csv")
 GRID = Path("reports/samples.png")
-INCEPTION = Path("data/assets/inception-2015-12-05.pt")
-FID_REF = Path("data/fid_ref.npz")
-CLASSIFIER = Path("models/classifier.pt")
 
 
 def scale_key(w: float) -> str:
     """3.0 -> "w3", 1.5 -> "w1_5": keys without dots keep `dvc metrics diff` readable."""
     return "w" + (f"{w:g}").replace(".", "_")
-
-
-class Evaluation:
-    def __init__(self, family, adapters, p, scheduler: str, held_out: tuple[str, int] | None = None):
-        """scheduler: the sampler of the evaluation samples (evaluate.num_steps steps); held_out: the
-        (sampler, steps) of the fresh CFG trajectories that measure distillation, by default the same."""
-        self.family, self.adapters, self.p, self.scheduler = family, adapters, p, scheduler
-        self.held_out = held_out or (scheduler, p.num_steps)
-        n = p.num_samples
-        self.seeds = p.seed + np.arange(n)
-        if family.spec.condition == "class":
-            self.items = [{"label": int(i % family.spec.num_classes)} for i in range(n)]
-        else:
-            from pipeline.captions import sample_captions
-
-            rng = np.random.default_rng(p.seed)
-            self.items = [{"caption": c} for c in sample_captions(Path(p.captions_file), n, rng)]
-        self.cond_arrays = family.condition_arrays(self.items)
-        family.release_text_encoders()
-        self.judge = None
-        if family.spec.condition == "class" and family.spec.name == "mnist-dit":
-            from pipeline import classifier
-
-            self.judge = classifier.load(CLASSIFIER).to(family.device)
-        self.extractor = fid.InceptionFeatures(INCEPTION).to(family.device)
-        self.ref = fid.load_stats(FID_REF)
-
-    def generate(self, mode: str, w: float) -> tuple[np.ndarray, float]:
-        """All evaluation samples of one method at one scale; returns uint8 images and s/image."""
-        images, seconds = [], 0.0
-        bs = self.p.batch_size
-        with Tracker(f"evaluate {mode} w={w:g}", len(self.seeds)) as tracker:
-            for s in range(0, len(self.seeds), bs):
-                idx = list(range(s, min(s + bs, len(self.seeds))))
-                cond = self.family.condition_batch({k: v[idx] for k, v in self.cond_arrays.items()})
-                t0 = time.perf_counter()
-                x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), w), self.scheduler,
-                           self.p.num_steps, mode=mode, adapters=self.adapters)
-                seconds += time.perf_counter() - t0
-                images.append(self.family.decode(x).cpu().numpy())
-                tracker.advance(len(idx))
-        return np.concatenate(images), seconds / len(self.seeds)
-
-    def judge_accuracy(self, images: np.ndarray) -> float | None:
-        if self.judge is None:
-            return None
-        from pipeline import classifier, mnist
-
-        x = mnist.to_model_space(torch.from_numpy(images[..., 0])).to(self.family.device)
-        pred = classifier.predict(self.judge, x).cpu().numpy()
-        labels = self.cond_arrays["labels"]
-        return round(float((pred == labels).mean()), 4)
-
-    def score(self, mode: str, w: float) -> tuple[dict, np.ndarray]:
-        images, spi = self.generate(mode, w)
-        feats = fid.image_features(images, self.extractor, batch_size=50, device=self.family.device)
-        result = {"fid": round(fid.frechet(fid.statistics(feats), self.ref), 4),
-                  "nfe_per_image": NFE_PER_STEP[mode] * self.p.num_steps,
-                  "seconds_per_image": round(spi, 5)}
-        accuracy = self.judge_accuracy(images)
-        if accuracy is not None:
-            result["accuracy"] = accuracy
-        return result, images
-
-    @torch.no_grad()
-    def correction_captured(self, w: float) -> dict:
-        """Share of CFG's correction that AGD reproduces, on every state of fresh CFG trajectories."""
-        n = self.p.held_out_trajectories
-        rng = np.random.default_rng(self.p.seed + 1)
-        rows = rng.choice(len(self.items), n, replace=len(self.items) < n)
-        seeds = 10**9 + self.p.seed + np.arange(n)  # never used by trajectories or samples above
-        cond = self.family.condition_batch({k: v[rows] for k, v in self.cond_arrays.items()})
-        wt = torch.full((n,), w)
-        err, corr, dot, norm_a, cond_energy = 0.0, 0.0, 0.0, 0.0, 0.0
-        family, adapters = self.family, self.adapters
-
-        def record(step, x_t, t, out_cfg):
-            nonlocal err, corr, dot, norm_a, cond_energy
-            cfg = family.guided_channels(out_cfg).float()
-            cond_out = family.guided_channels(family.forward(x_t, t, cond)).float()
-            cond_energy += cond_out.pow(2).sum().item()
-            agd = family.guided_channels(adapters(family, x_t, t, cond, wt.to(x_t.device))).float()
-            err += (agd - cfg).pow(2).sum().item()
-            corr += (cfg - cond_out).pow(2).sum().item()
-            dot += ((agd - cond_out) * (cfg - cond_out)).sum().item()
-            norm_a += (agd - cond_out).pow(2).sum().item()
-
-        sample(family, cond, seeds, wt, *self.held_out, mode="cfg", record=record)
-        return correction_metrics(err, corr, dot, norm_a, cond_energy)
-
-
-# CFG's correction counts as zero below this share of the conditional output's energy: at w = 1
-# it is float rounding (~1e-14), and a ratio against it would be noise (it gave -2e10).
-MIN_CORRECTION_ENERGY = 1e-8
-
-
-def correction_metrics(err: float, corr: float, dot: float, norm_a: float, cond_energy: float) -> dict:
-    """How much of CFG's correction `out_cfg - out_cond` AGD reproduces, from summed squares.
-
-    captured = 1 - |agd - cfg|^2 / |cfg - cond|^2: 1 is exact, 0 is no better than the unguided
-    model, below 0 is further from CFG than no guidance at all. cosine compares the directions of
-    AGD's and CFG's corrections. Both are undefined where CFG corrects nothing (w = 1): then
-    `correction_defined` is false and neither is reported. For w < 1 CFG moves towards the
-    unconditional model (w = 0 is the unconditional model) and the same definitions hold.
-    """
-    if corr <= MIN_CORRECTION_ENERGY * cond_energy:
-        return {"correction_defined": False}
-    return {"correction_defined": True, "correction_captured": round(1 - err / corr, 4),
-            "correction_cosine": round(dot / max((corr * norm_a) ** 0.5, 1e-12), 4)}
 
 
 def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, zoom: int = 3) -> np.ndarray:
@@ -159,38 +55,69 @@ def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, 
     return np.concatenate([a, gap, b], axis=1)
 
 
+def held_out_conditions(ev: Evaluation, p) -> tuple[dict, np.ndarray]:
+    """Conditions and seeds of the held-out CFG trajectories (seeds no sample or trajectory uses)."""
+    n = p.held_out_trajectories
+    rows = np.random.default_rng(p.seed + 1).choice(len(ev.items), n, replace=len(ev.items) < n)
+    return ev.family.condition_batch(ev.rows(rows)), 10**9 + p.seed + np.arange(n)
+
+
+def write_table(path: Path, tables: dict[str, list[dict]]) -> None:
+    """One row per sampler step; per scale the columns captured_<w>, cosine_<w>, gain_<w>."""
+    steps = next(iter(tables.values()))
+    with open(path, "w", newline="") as f:
+        names = ["step", "t"] + [f"{m}_{key}" for key in tables for m in ("captured", "cosine", "gain")]
+        out = csv.DictWriter(f, names)
+        out.writeheader()
+        for i, row in enumerate(steps):
+            line = {"step": row["step"], "t": row["t"]}
+            for key, rows in tables.items():
+                line.update({f"{m}_{key}": rows[i].get(m, "") for m in ("captured", "cosine", "gain")})
+            out.writerow(line)
+
+
 def run() -> None:
     from PIL import Image
 
     base, traj, train_p, cond_p, p = (load_section(s) for s in ("base", "trajectories", "train", "conditions",
                                                                   "evaluate"))
-    preflight.writable_all([("metrics", METRICS, "file"), ("sample grid", GRID, "file")])
+    outputs = [METRICS, QUALITY, TIMING, DISTILLATION, GRID]
+    preflight.writable_all([(f"evaluate output {o.name}", o, "file") for o in outputs])
     family = load_base(**asdict(base))
     sampler = p.scheduler or traj.scheduler
     family_scheduler(family, sampler, p.num_steps, key="params.yaml: evaluate.num_steps")
     log(f"evaluate: {family.spec.name} base on {devices.describe(family.device, family.dtype)}; samples with "
         f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
     adapters = AdapterSet.load(Path(train_p.output), family)
-    ev = Evaluation(family, adapters, p, sampler, held_out=(traj.scheduler, traj.num_steps))
-    metrics: dict = {}
-    metrics["unguided"], _ = ev.score("cond", 1.0)
-    log(f"evaluate: unguided {metrics['unguided']}")
+    ev = Evaluation(family, adapters, p, sampler)
+    held_cond, held_seeds = held_out_conditions(ev, p)
+    unguided = ev.run("cond", 1.0)
+    quality = {"unguided": ev.score(unguided)}
+    timing = {"unguided": {"seconds_per_image": round(unguided.seconds, 5), "nfe_per_image": unguided.nfe}}
+    metrics, tables = {}, {}
     for w in p.guidance_scales:
-        cfg, cfg_images = ev.score("cfg", w)
-        agd, agd_images = ev.score("agd", w)
-        versus = {"fid_ratio": round(agd["fid"] / cfg["fid"], 4),
-                  "time_ratio": round(agd["seconds_per_image"] / cfg["seconds_per_image"], 4),
-                  "in_training_range": bool(cond_p.w_min <= w <= cond_p.w_max),
-                  **ev.correction_captured(w)}
-        if "accuracy" in cfg:
-            versus["accuracy_gap"] = round(agd["accuracy"] - cfg["accuracy"], 4)
-        metrics[scale_key(w)] = {"cfg": cfg, "agd": agd, "agd_vs_cfg": versus}
-        log(f"evaluate: w={w:g} cfg {cfg} agd {agd} {versus}")
+        key = scale_key(w)
+        cfg, agd = ev.run("cfg", w), ev.run("agd", w)
+        summary, tables[key] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
+                                                traj.num_steps)
+        quality[key] = {"cfg": ev.score(cfg), "agd": ev.score(agd)}
+        versus = ev.compare(agd, cfg)
+        versus["same_seed_mse_unguided"] = same_seed_mse(unguided.images, cfg.images)  # how far CFG moved
+        versus["fid_ratio"] = round(quality[key]["agd"]["fid"]["value"] / quality[key]["cfg"]["fid"]["value"], 4)
+        if "accuracy" in quality[key]["cfg"]:
+            versus["accuracy_gap"] = round(quality[key]["agd"]["accuracy"] - quality[key]["cfg"]["accuracy"], 4)
+        versus.update(summary, in_training_range=bool(cond_p.w_min <= w <= cond_p.w_max))
+        metrics[key] = versus
+        timing[key] = {"cfg": {"seconds_per_image": round(cfg.seconds, 5), "nfe_per_image": cfg.nfe},
+                       "agd": {"seconds_per_image": round(agd.seconds, 5), "nfe_per_image": agd.nfe},
+                       "time_ratio": round(agd.seconds / cfg.seconds, 4)}
+        log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:
-            metrics["default_scale"] = {"w": w, **versus}
             GRID.parent.mkdir(parents=True, exist_ok=True)
-            image = grid(cfg_images, agd_images)
+            image = grid(cfg.images, agd.images)
             Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(GRID)
     METRICS.parent.mkdir(parents=True, exist_ok=True)
-    METRICS.write_text(json.dumps(metrics, indent=2) + "\n")
-    log(f"evaluate: wrote {METRICS} and {GRID}")
+    for path, doc in ((METRICS, metrics), (QUALITY, quality), (TIMING, timing)):
+        path.write_text(json.dumps(doc, indent=2) + "\n")
+    write_table(DISTILLATION, tables)
+    log(f"evaluate: wrote {', '.join(str(o) for o in outputs)}")

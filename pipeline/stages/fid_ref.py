@@ -5,21 +5,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from pipeline import devices, fid, mnist, preflight
 from pipeline.config import load_section
 from pipeline.progress import log
-from pipeline.stages.evaluate import FID_REF, INCEPTION
 
 
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("fid_ref")
-    preflight.writable(FID_REF, "FID reference statistics")
+    preflight.writable(fid.REFERENCE, "FID reference statistics")
     device = devices.resolve(load_section("base").device)
     log(f"fid_ref: Inception-v3 on {devices.describe(device, torch.float32)}")
-    extractor = fid.InceptionFeatures(INCEPTION).to(device)
+    extractor = fid.InceptionFeatures(fid.WEIGHTS).to(device)
     if p.image_folder:
         features = fid.folder_features(Path(p.image_folder), extractor, p.batch_size, device, p.num_images or None)
         source = p.image_folder
@@ -28,9 +26,5 @@ def run(data_dir: Path = Path("data")) -> None:
         count = p.num_images or len(images)
         features = fid.image_features(images[:count], extractor, p.batch_size, device)
         source = f"MNIST test[:{count}]"
-    stats = fid.statistics(features)
-    FID_REF.parent.mkdir(parents=True, exist_ok=True)
-    part = FID_REF.with_name("fid_ref.part.npz")
-    np.savez(part, mu=stats["mu"], sigma=stats["sigma"], count=len(features))
-    part.replace(FID_REF)
-    log(f"fid_ref: statistics of {len(features)} images ({source}) -> {FID_REF}")
+    fid.save_reference(fid.REFERENCE, features, keep=p.features_kept)
+    log(f"fid_ref: statistics of {len(features)} images ({source}) -> {fid.REFERENCE}")

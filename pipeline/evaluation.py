@@ -1,0 +1,129 @@
+"""The evaluation's samples and their figures: generation with the same seeds and conditions for
+every method, features in each space, and scores with bootstrap intervals (pipeline.quality).
+
+Two feature spaces:
+- Inception-v3 (clean-fid, pinned weights): FID, KID, precision and recall, comparable with the
+  real backends and the literature; costly on a CPU, so on the first `evaluate.inception_samples`.
+- the digit classifier's penultimate features (the embedded default only, where the judge exists):
+  cheap, so on all `evaluate.num_samples`; the figure with the tightest interval on a CPU.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pipeline import classifier, fid, quality
+from pipeline.progress import Tracker
+from pipeline.sampling import NFE_PER_STEP, sample
+
+class Samples:
+    """One method's samples at one scale: images, features per space, seconds per image."""
+
+    def __init__(self, images: np.ndarray, features: dict[str, np.ndarray], seconds: float, nfe: int):
+        self.images, self.features, self.seconds, self.nfe = images, features, seconds, nfe
+        self.scored: dict[str, quality.Scored] = {}  # distance name -> value and bootstrap values
+
+
+class Evaluation:
+    def __init__(self, family, adapters, p, scheduler: str):
+        self.family, self.adapters, self.p, self.scheduler = family, adapters, p, scheduler
+        n = p.num_samples
+        self.seeds = p.seed + np.arange(n)
+        if family.spec.condition == "class":
+            self.items = [{"label": int(i % family.spec.num_classes)} for i in range(n)]
+        else:
+            from pipeline.captions import sample_captions
+
+            rng = np.random.default_rng(p.seed)
+            self.items = [{"caption": c} for c in sample_captions(Path(p.captions_file), n, rng)]
+        self.cond_arrays = family.condition_arrays(self.items)
+        family.release_text_encoders()
+        self.judge = None
+        if family.spec.name == "mnist-dit":  # the only backend with a judge of its classes
+            self.judge = classifier.load(classifier.WEIGHTS).to(family.device)
+        self.extractor = fid.InceptionFeatures(fid.WEIGHTS).to(family.device)
+        self.n_inception = min(p.inception_samples or n, n)
+        self.refs = {"inception": fid.load_reference(fid.REFERENCE)}
+        if self.judge is not None:
+            self.refs["judge"] = fid.load_reference(classifier.REFERENCE)
+        # One set of resamples per space, shared by every method: paired differences.
+        self.resamples = {space: quality.resamples(self.count(space), p.bootstrap, p.seed) for space in self.refs}
+
+    def count(self, space: str) -> int:
+        return self.n_inception if space == "inception" else len(self.seeds)
+
+    def rows(self, idx):
+        return {k: v[idx] for k, v in self.cond_arrays.items()}
+
+    def run(self, mode: str, w: float) -> Samples:
+        """All evaluation samples of one method at one scale, and their features."""
+        images, seconds = [], 0.0
+        bs = self.p.batch_size
+        with Tracker(f"evaluate {mode} w={w:g}", len(self.seeds)) as tracker:
+            for s in range(0, len(self.seeds), bs):
+                idx = list(range(s, min(s + bs, len(self.seeds))))
+                cond = self.family.condition_batch(self.rows(idx))
+                t0 = time.perf_counter()
+                x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), w), self.scheduler,
+                           self.p.num_steps, mode=mode, adapters=self.adapters)
+                seconds += time.perf_counter() - t0
+                images.append(self.family.decode(x).cpu().numpy())
+                tracker.advance(len(idx))
+        images = np.concatenate(images)
+        features = {"inception": fid.image_features(images[: self.n_inception], self.extractor, batch_size=50,
+                                                    device=self.family.device)}
+        if self.judge is not None:
+            features["judge"] = classifier.features(self.judge, self._digits(images)).cpu().numpy()
+        result = Samples(images, features, seconds / len(self.seeds), NFE_PER_STEP[mode] * self.p.num_steps)
+        self.measure(result)
+        return result
+
+    def _digits(self, images: np.ndarray) -> torch.Tensor:
+        from pipeline import mnist
+
+        return mnist.to_model_space(torch.from_numpy(images[..., 0])).to(self.family.device)
+
+    def accuracy(self, s: Samples) -> float:
+        pred = classifier.predict(self.judge, self._digits(s.images)).cpu().numpy()
+        return round(float((pred == self.cond_arrays["labels"]).mean()), 4)
+
+    def measure(self, s: Samples) -> None:
+        """s's distances and their bootstrap values, once (score and compare both read them)."""
+        for space, ref in self.refs.items():
+            name = "fid" if space == "inception" else "judge_fd"
+            s.scored[name] = quality.Scored.of(quality.Frechet(s.features[space], ref), self.resamples[space])
+        s.scored["kid"] = quality.Scored.of(quality.KernelDistance(s.features["inception"], self.refs["inception"]),
+                                            self.resamples["inception"])
+
+    def score(self, s: Samples) -> dict:
+        """Quality of one method's samples, each distance with its 95 % interval."""
+        result = {name: scored.summary(DIGITS.get(name, 4)) for name, scored in s.scored.items()}
+        for space, ref in self.refs.items():
+            pr = quality.precision_recall(s.features[space], ref.features)
+            prefix = "" if space == "inception" else "judge_"
+            result[f"{prefix}precision"], result[f"{prefix}recall"] = pr["precision"], pr["recall"]
+        if self.judge is not None:
+            result["accuracy"] = self.accuracy(s)
+        return result
+
+    def compare(self, a: Samples, b: Samples) -> dict:
+        """a minus b, paired by seed and condition; and how close a's images are to b's, seed by seed."""
+        out = {f"{name}_diff": a.scored[name].minus(b.scored[name], DIGITS.get(name, 4)) for name in a.scored}
+        out["same_seed_mse"] = same_seed_mse(a.images, b.images)
+        if "judge" in a.features:
+            distance = np.linalg.norm(a.features["judge"] - b.features["judge"], axis=1).mean()
+            out["same_seed_judge_distance"] = round(float(distance), 4)
+        return out
+
+
+DIGITS = {"kid": 6}  # KID is small (1e-3 .. 1e-1): more decimals
+
+
+def same_seed_mse(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean squared pixel difference of two sample sets drawn with the same seeds, pixels in [0, 1]."""
+    diff = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
+    return round(float((diff ** 2).mean()), 6)
