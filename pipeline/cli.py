@@ -115,10 +115,21 @@ def train() -> None:
 
 @app.command()
 def evaluate() -> None:
-    """AGD against CFG: FID, class accuracy, NFE, time, correction captured (params.yaml: evaluate)."""
+    """AGD against CFG with 95 % intervals: paired FID/KID differences, precision/recall, class accuracy,
+    correction captured per sampler step, same-seed distances, time (params.yaml: evaluate)."""
     from pipeline.stages import evaluate as stage
 
     _guard(stage.run)
+
+
+@app.command()
+def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
+           ) -> None:
+    """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit
+    and params that made them."""
+    from pipeline.stages import report as stage
+
+    _guard(stage.run, readme=readme)
 
 
 @app.command()

@@ -1,7 +1,10 @@
 """Sample-quality figures with their uncertainty: FID, KID, precision and recall in a feature space.
 
 Every set of generated samples is a draw, so each figure comes with a 95 % bootstrap interval
-over the generated samples (the reference is fixed). AGD and CFG are sampled with the same seeds
+over the generated samples (the reference is fixed). The interval is the bootstrap's spread
+centred on the estimate: resampling with replacement repeats samples, and repeats alone raise FID
+(by 8 points at 250 Inception samples on the embedded default), so the plain percentile interval
+would not even contain the estimate. The spread is what varies from draw to draw; that shift is not. AGD and CFG are sampled with the same seeds
 and conditions, so their difference is bootstrapped *paired*: one resample of sample indices
 scores both methods, and the noise the two share cancels. A difference is `significant` when its
 interval excludes zero.
@@ -136,7 +139,8 @@ class Scored:
         return cls(scorer(), np.array([scorer(i) for i in idx_sets]))
 
     def summary(self, digits: int = 4) -> dict:
-        lo, hi = interval(self.boot)
+        lo, hi = interval(self.boot - self.boot.mean())  # the spread, centred on the estimate
+        lo, hi = self.value + lo, self.value + hi
         return {"value": round(self.value, digits), "ci_low": round(lo, digits), "ci_high": round(hi, digits)}
 
     def minus(self, other: "Scored", digits: int = 4) -> dict:

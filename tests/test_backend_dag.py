@@ -23,7 +23,7 @@ from tests import tiny_models
 from tests.conftest import ROOT, agd, dvc
 
 MNIST_ONLY = {"prepare@mnist", "classifier@mnist"}
-EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "evaluate"}
+EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "evaluate", "report"}
 
 
 def stages(project: Path) -> set[str]:

@@ -84,3 +84,15 @@ def test_precision_recall_see_a_collapsed_generator():
     collapsed = 0.2 * rng.normal(size=(800, d))  # all samples near the mode: realistic, not diverse
     pr = quality.precision_recall(collapsed, real)
     assert pr["precision"] > 0.9 and pr["recall"] < 0.3
+
+
+def test_interval_holds_the_estimate_although_repeats_raise_fid():
+    """Resampling repeats samples, which alone raises FID: the reported interval is the bootstrap's
+    spread centred on the estimate, so it contains the estimate (the raw percentiles would not)."""
+    rng = np.random.default_rng(8)
+    ref = _ref(rng.normal(size=(1000, 64)))
+    score = quality.Frechet(rng.normal(size=(60, 64)) + 0.1, ref)  # few samples, many dimensions
+    scored = quality.Scored.of(score, quality.resamples(60, 200, seed=0))
+    assert quality.interval(scored.boot)[0] > scored.value  # the shift the summary removes
+    summary = scored.summary()
+    assert summary["ci_low"] < summary["value"] < summary["ci_high"]
