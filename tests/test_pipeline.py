@@ -10,7 +10,7 @@ from pipeline.store import TrajectoryStore
 from tests.conftest import ROOT, agd
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "verify", "stores", "sample", "preset"]
+            "evaluate", "report", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
