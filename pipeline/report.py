@@ -37,15 +37,21 @@ def _scale(key: str) -> float:
 
 
 def provenance() -> str:
-    """Which code and params made the figures: commit (dirty when the tree had changes) and a digest."""
-    try:
-        commit = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True, text=True,
-                                timeout=30).stdout.strip() or "no git"
-    except OSError:
-        commit = "no git"
+    """Which code and params made the figures: the commit, "+changes" when files other than the
+    results themselves (reports/, dvc.lock, README.md, which a repro and this command rewrite)
+    differed from it, and a digest of params.yaml."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "no git"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports",
+                  ":(exclude)dvc.lock", ":(exclude)README.md")
     params = Path("params.yaml")
     digest = hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.exists() else "none"
-    return f"commit `{commit}`, params.yaml sha256 `{digest}`"
+    return f"commit `{commit}{'+changes' if changed else ''}`, params.yaml sha256 `{digest}`"
 
 
 def table() -> str:
