@@ -105,7 +105,7 @@ class Evaluation:
         for space, ref in self.refs.items():
             pr = quality.precision_recall(s.features[space], ref.features)
             prefix = "" if space == "inception" else "judge_"
-            result[f"{prefix}precision"], result[f"{prefix}recall"] = pr["precision"], pr["recall"]
+            result.update({f"{prefix}{k}": pr[k] for k in ("precision", "recall") if k in pr})
         if self.judge is not None:
             result["accuracy"] = self.accuracy(s)
         return result

@@ -117,8 +117,11 @@ def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = KNN) -> d
     """Improved precision and recall (Kynkäänniemi et al. 2019): precision is the share of generated
     samples inside the real manifold (union of balls to each real sample's k-th real neighbour),
     recall the share of real samples inside the generated manifold. Equal set sizes (the smaller
-    of the two), since recall grows with the number of generated samples."""
+    of the two), since recall grows with the number of generated samples. {} when there are no
+    more than k samples."""
     n = min(len(generated), len(real))
+    if n <= k:  # no k-th neighbour: too few samples for a manifold (e.g. a 2-sample smoke run)
+        return {}
     g, r = generated[:n].astype(np.float64), real[:n].astype(np.float64)
     d_gr = np.sqrt(np.maximum(_sq_dists(g, r), 0))
     precision = (d_gr <= _kth_neighbour_radii(r, k)[None, :]).any(1).mean()

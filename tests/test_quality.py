@@ -96,3 +96,8 @@ def test_interval_holds_the_estimate_although_repeats_raise_fid():
     assert quality.interval(scored.boot)[0] > scored.value  # the shift the summary removes
     summary = scored.summary()
     assert summary["ci_low"] < summary["value"] < summary["ci_high"]
+
+
+def test_precision_recall_need_more_samples_than_neighbours():
+    rng = np.random.default_rng(9)
+    assert quality.precision_recall(rng.normal(size=(3, 4)), rng.normal(size=(50, 4))) == {}
