@@ -91,13 +91,19 @@ def distillation_rows(path: Path = REPORTS / "distillation.csv") -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def plot_distillation(out: Path) -> None:
-    """Captured, cosine and gain per sampler step, one line per scale."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (stages run without a display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def plot_distillation(out: Path) -> None:
+    """Captured, cosine and gain per sampler step, one line per scale."""
+    plt = _pyplot()
     rows = distillation_rows()
     scales = sorted({k.split("_", 1)[1] for k in rows[0] if k.startswith("captured_")}, key=_scale)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
@@ -117,11 +123,7 @@ def plot_distillation(out: Path) -> None:
 
 def plot_scales(out: Path) -> None:
     """FID of CFG and AGD (95 % intervals) and correction captured, against the guidance scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     metrics, quality = _load("metrics.json"), _load("quality.json")
     keys = sorted(metrics, key=_scale)
     ws = [_scale(k) for k in keys]
