@@ -50,7 +50,7 @@ def _zero(linear: nn.Linear) -> nn.Linear:
 class OffsetAdapter(nn.Module):
     """(w, t, c) embeddings -> one vector per sample, added to every token. The cheapest form."""
 
-    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 1):
+    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 1, mlp: int = 0):
         super().__init__()
         self.w_proj, self.t_proj, self.c_proj = nn.Linear(w_dim, width), nn.Linear(t_dim, width), nn.Linear(c_dim, width)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), _zero(nn.Linear(width, dim)))
@@ -61,16 +61,27 @@ class OffsetAdapter(nn.Module):
 
 
 class CrossAttentionAdapter(nn.Module):
-    """The wrapped module's input tokens attend to [w-token, t-token, condition token(s)]."""
+    """The wrapped module's input tokens attend to [w-token, t-token, condition token(s)].
 
-    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 2):
+    With `mlp` > 0 (ours, not the paper's) the attention result does not go straight to the output:
+    it shifts a hidden layer of `mlp * width` units computed from each token's own features,
+    `to_out(silu(to_h(hidden) + from_attn(attention)))`. The paper's adapter can only mix three
+    value vectors per head, the same for every token of an image; CFG's correction depends on the
+    image content, and on a small base there are few frozen blocks after each adapter to supply it.
+    """
+
+    def __init__(self, dim: int, width: int, w_dim: int, t_dim: int, c_dim: int, heads: int = 2, mlp: int = 0):
         super().__init__()
         self.heads = heads
         self.to_q = nn.Linear(dim, width)
         self.w_proj, self.t_proj, self.c_proj = nn.Linear(w_dim, width), nn.Linear(t_dim, width), nn.Linear(c_dim, width)
         self.norm_kv = nn.LayerNorm(width)
         self.to_k, self.to_v = nn.Linear(width, width), nn.Linear(width, width)
-        self.to_out = _zero(nn.Linear(width, dim))
+        hidden_units = mlp * width or width
+        if mlp:
+            self.to_h, self.from_attn = nn.Linear(dim, hidden_units), nn.Linear(width, hidden_units)
+        self.mlp = mlp
+        self.to_out = _zero(nn.Linear(hidden_units, dim))
 
     def forward(self, hidden, w_emb, t_emb, c_tokens):
         kv = torch.cat([self.w_proj(w_emb)[:, None], self.t_proj(t_emb)[:, None], self.c_proj(c_tokens)], dim=1)
@@ -82,6 +93,8 @@ class CrossAttentionAdapter(nn.Module):
 
         q, k, v = split(self.to_q(hidden)), split(self.to_k(kv)), split(self.to_v(kv))
         attn = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(b, n, -1)
+        if self.mlp:
+            attn = F.silu(self.to_h(hidden) + self.from_attn(attn))
         return self.to_out(attn)
 
 
@@ -96,10 +109,16 @@ class AdapterSet(nn.Module):
     """All adapters of one base model, the shared w embedding, and the hooks that apply them."""
 
     def __init__(self, family, architecture: str = "cross_attention", width: int = 16, heads: int = 2,
-                 fourier_features: int = 32, seed: int = 0):
+                 fourier_features: int = 32, seed: int = 0, mlp: int = 0, w_gate: bool = False):
         super().__init__()
         self.config = {"architecture": architecture, "width": width, "heads": heads,
-                       "fourier_features": fourier_features, "seed": seed}
+                       "fourier_features": fourier_features, "seed": seed, "mlp": mlp, "w_gate": w_gate}
+        # w_gate (ours): every adapter's output is multiplied by (w - 1). CFG's correction is
+        # (w - 1) (cond - uncond): with the gate the adapters learn the direction once for all w
+        # instead of a size that grows fivefold across the training range through a LayerNorm'd
+        # embedding; at w = 1 the model is exactly the base. (The frozen blocks after an adapter
+        # are not linear, so the adapters still see w and correct the size where they must.)
+        self.w_gate = w_gate
         torch.manual_seed(seed)
         t_dim, c_dim = family.embedding_dims
         self.targets = [name for name, _ in family.adapter_targets()]
@@ -108,7 +127,7 @@ class AdapterSet(nn.Module):
         self.guidance = GuidanceEmbedding(fourier_features, w_dim, seed=seed)
         cls = ARCHITECTURES[architecture]
         self.adapters = nn.ModuleDict({
-            _key(name): cls(_output_dim(modules[name]), width, w_dim, t_dim, c_dim, heads) for name in self.targets
+            _key(name): cls(_output_dim(modules[name]), width, w_dim, t_dim, c_dim, heads, mlp) for name in self.targets
         })
         self.base_identity = family.identity()
         self.base_parameters = family.num_parameters()
@@ -134,7 +153,9 @@ class AdapterSet(nn.Module):
             if self._inputs is None:  # the plain base (e.g. the CFG teacher): adapters off
                 return output
             hidden = args[0] if args else kwargs["hidden_states"]
-            delta = self.adapters[key](hidden.to(self._inputs[0].dtype), *self._inputs)
+            delta = self.adapters[key](hidden.to(self._inputs[0].dtype), *self._inputs[:3])
+            if self.w_gate:
+                delta = delta * self._inputs[3].view(-1, *([1] * (delta.dim() - 1)))
             return output + delta.to(output.dtype)
         return hook
 
@@ -142,8 +163,9 @@ class AdapterSet(nn.Module):
         """One pass of the base with adapters at guidance scale w: AGD's replacement for CFG."""
         with torch.no_grad():
             t_emb, c_tokens = family.adapter_inputs(t, cond)
-        w_emb = self.guidance(w.to(x.device))
-        self._inputs = (w_emb, t_emb.to(w_emb.dtype), c_tokens.to(w_emb.dtype))
+        w = w.to(x.device)
+        w_emb = self.guidance(w)
+        self._inputs = (w_emb, t_emb.to(w_emb.dtype), c_tokens.to(w_emb.dtype), (w - 1).to(w_emb.dtype))
         try:
             return family.forward(x, t, cond)
         finally:
@@ -187,6 +209,8 @@ class AdapterSet(nn.Module):
         try:
             meta = json.loads(meta_file.read_text())
             config = {k: meta[k] for k in ("architecture", "width", "heads", "fourier_features", "seed")}
+            # files from before the content path and the gate have neither
+            config.update(mlp=int(meta.get("mlp", 0)), w_gate=bool(meta.get("w_gate", False)))
         except (json.JSONDecodeError, KeyError, TypeError):
             raise AGDError(str(meta_file), "not an adapter config", "re-run `agd train` to write it again") from None
         if meta.get("format_version") != FORMAT_VERSION:

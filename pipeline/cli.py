@@ -123,6 +123,15 @@ def evaluate() -> None:
 
 
 @app.command()
+def sweep() -> None:
+    """CFG, AGD and the unguided base across guidance scales, inside and outside the training range, with
+    intervals; off unless sweep.num_samples > 0 (params.yaml: sweep)."""
+    from pipeline.stages import sweep as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit

@@ -123,6 +123,8 @@ class TrainParams:
     architecture: str = "cross_attention"  # cross_attention or offset
     width: int = 16  # hidden width of each adapter
     heads: int = 2  # attention heads of the cross-attention adapter
+    mlp: int = 0  # 0: the paper's adapter; k > 0: a content path of k * width units (ours; adapters.py)
+    w_gate: bool = False  # multiply every adapter's output by (w - 1) (ours; adapters.py)
     fourier_features: int = 32  # random Fourier features of w
     steps: int = 1000
     batch_size: int = 64
@@ -153,6 +155,15 @@ class EvaluateParams:
     seed: int = 1000
 
 
+@dataclass
+class SweepParams:
+    """CFG, AGD and the unguided base across guidance scales (the `sweep` stage); off by default."""
+
+    guidance_scales: list[float] = field(default_factory=lambda: [1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0])
+    num_samples: int = 0  # per method and scale; 0: the sweep is off (it takes ~10 minutes at 500)
+    inception_samples: int = 100  # Inception FID on the first N of them (0: all)
+
+
 SECTIONS: dict[str, type] = {
     "dag": DagParams,
     "base": BaseParams,
@@ -164,6 +175,7 @@ SECTIONS: dict[str, type] = {
     "trajectories": TrajectoriesParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
+    "sweep": SweepParams,
 }
 
 # Values that must be positive, by section and key.
@@ -274,6 +286,9 @@ def _check_relations(name: str, p, path: Path) -> None:
             raise AGDError(f"{where}.max_trajectories", f"must not be negative, got {p.max_trajectories}",
                            "use 0 (all) or the number of trajectories to keep")
     if name == "train":
+        if p.mlp < 0 or (p.mlp and p.architecture != "cross_attention"):
+            raise AGDError(f"{where}.mlp", f"must be 0, or positive with architecture cross_attention, got {p.mlp}",
+                           "use 0 (the paper's adapter) or e.g. 2")
         if p.architecture == "cross_attention" and p.width % p.heads:
             raise AGDError(f"{where}.width", f"width {p.width} is not divisible by heads {p.heads}",
                            "choose a width that is a multiple of train.heads")
@@ -289,6 +304,11 @@ def _check_relations(name: str, p, path: Path) -> None:
     if name == "evaluate" and p.inception_samples < 0:
         raise AGDError(f"{where}.inception_samples", f"must not be negative, got {p.inception_samples}",
                        "use 0 (all samples) or a count")
+    if name == "sweep":
+        if p.num_samples < 0 or p.inception_samples < 0:
+            raise AGDError(f"{where}.num_samples", "sample counts must not be negative", "use 0 (off) or e.g. 500")
+        if any(w < 0 for w in p.guidance_scales):
+            raise AGDError(f"{where}.guidance_scales", "guidance scales must not be negative", "use w >= 0")
     if name == "fid_ref" and p.features_kept < 0:
         raise AGDError(f"{where}.features_kept", f"must not be negative, got {p.features_kept}", "use 0 (all) or a count")
     if name == "fid_ref" and p.num_images < 0:

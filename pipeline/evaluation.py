@@ -28,24 +28,40 @@ class Samples:
         self.scored: dict[str, quality.Scored] = {}  # distance name -> value and bootstrap values
 
 
+def items(family, p) -> list[dict]:
+    """The evaluation's conditions: classes in turn, or captions drawn from evaluate.captions_file."""
+    n = p.num_samples
+    if family.spec.condition == "class":
+        return [{"label": int(i % family.spec.num_classes)} for i in range(n)]
+    from pipeline.captions import sample_captions
+
+    rng = np.random.default_rng(p.seed)
+    return [{"caption": c} for c in sample_captions(Path(p.captions_file), n, rng)]
+
+
+def held_out(family, p, arrays: dict | None = None) -> tuple[dict, np.ndarray]:
+    """Conditions and seeds of the held-out CFG trajectories: evaluation conditions (`arrays`, the
+    evaluation's encoded conditions, when already at hand), with seeds no sample or training
+    trajectory uses."""
+    arrays = family.condition_arrays(items(family, p)) if arrays is None else arrays
+    count = len(next(iter(arrays.values())))
+    n = p.held_out_trajectories
+    rows = np.random.default_rng(p.seed + 1).choice(count, n, replace=count < n)
+    return family.condition_batch({k: v[rows] for k, v in arrays.items()}), 10**9 + p.seed + np.arange(n)
+
+
 class Evaluation:
     def __init__(self, family, adapters, p, scheduler: str):
         self.family, self.adapters, self.p, self.scheduler = family, adapters, p, scheduler
-        n = p.num_samples
-        self.seeds = p.seed + np.arange(n)
-        if family.spec.condition == "class":
-            self.items = [{"label": int(i % family.spec.num_classes)} for i in range(n)]
-        else:
-            from pipeline.captions import sample_captions
-
-            rng = np.random.default_rng(p.seed)
-            self.items = [{"caption": c} for c in sample_captions(Path(p.captions_file), n, rng)]
+        self.seeds = p.seed + np.arange(p.num_samples)
+        self.items = items(family, p)
         self.cond_arrays = family.condition_arrays(self.items)
         family.release_text_encoders()
         self.judge = None
         if family.spec.name == "mnist-dit":  # the only backend with a judge of its classes
             self.judge = classifier.load(classifier.WEIGHTS).to(family.device)
         self.extractor = fid.InceptionFeatures(fid.WEIGHTS).to(family.device)
+        n = p.num_samples
         self.n_inception = min(p.inception_samples or n, n)
         self.refs = {"inception": fid.load_reference(fid.REFERENCE)}
         if self.judge is not None:
@@ -98,14 +114,19 @@ class Evaluation:
             s.scored[name] = quality.Scored.of(quality.Frechet(s.features[space], ref), self.resamples[space])
         s.scored["kid"] = quality.Scored.of(quality.KernelDistance(s.features["inception"], self.refs["inception"]),
                                             self.resamples["inception"])
+        for space, ref in self.refs.items():
+            member = quality.manifold_membership(s.features[space], ref.features)
+            if member is None:
+                continue
+            n = len(member[0])  # fewer than the samples when the reference keeps fewer features
+            idx = self.resamples[space] if n == self.count(space) else quality.resamples(n, self.p.bootstrap, self.p.seed)
+            prefix = "" if space == "inception" else "judge_"
+            for name, indicators in zip(("precision", "recall"), member):
+                s.scored[prefix + name] = quality.Scored.of(quality.Share(indicators), idx)
 
     def score(self, s: Samples) -> dict:
         """Quality of one method's samples, each distance with its 95 % interval."""
         result = {name: scored.summary(DIGITS.get(name, 4)) for name, scored in s.scored.items()}
-        for space, ref in self.refs.items():
-            pr = quality.precision_recall(s.features[space], ref.features)
-            prefix = "" if space == "inception" else "judge_"
-            result.update({f"{prefix}{k}": pr[k] for k in ("precision", "recall") if k in pr})
         if self.judge is not None:
             result["accuracy"] = self.accuracy(s)
         return result

@@ -113,20 +113,48 @@ def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
 
 
-def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = KNN) -> dict:
-    """Improved precision and recall (Kynkäänniemi et al. 2019): precision is the share of generated
-    samples inside the real manifold (union of balls to each real sample's k-th real neighbour),
-    recall the share of real samples inside the generated manifold. Equal set sizes (the smaller
-    of the two), since recall grows with the number of generated samples. {} when there are no
-    more than k samples."""
+def manifold_membership(generated: np.ndarray, real: np.ndarray, k: int = KNN
+                        ) -> tuple[np.ndarray, np.ndarray] | None:
+    """Improved precision and recall's indicators (Kynkäänniemi et al. 2019): for each generated
+    sample, is it inside the real manifold (union of balls to each real sample's k-th real
+    neighbour); for each real sample, is it inside the generated manifold. Equal set sizes (the
+    smaller of the two, first samples of each), since recall grows with the number of generated
+    samples. None when there are no more than k samples (no k-th neighbour: e.g. a smoke run)."""
     n = min(len(generated), len(real))
-    if n <= k:  # no k-th neighbour: too few samples for a manifold (e.g. a 2-sample smoke run)
-        return {}
+    if n <= k:
+        return None
     g, r = generated[:n].astype(np.float64), real[:n].astype(np.float64)
     d_gr = np.sqrt(np.maximum(_sq_dists(g, r), 0))
-    precision = (d_gr <= _kth_neighbour_radii(r, k)[None, :]).any(1).mean()
-    recall = (d_gr.T <= _kth_neighbour_radii(g, k)[None, :]).any(1).mean()
-    return {"precision": round(float(precision), 4), "recall": round(float(recall), 4), "pr_samples": n}
+    in_real = (d_gr <= _kth_neighbour_radii(r, k)[None, :]).any(1)
+    in_generated = (d_gr.T <= _kth_neighbour_radii(g, k)[None, :]).any(1)
+    return in_real, in_generated
+
+
+def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = KNN) -> dict:
+    """Precision (share of generated samples inside the real manifold) and recall (share of real
+    samples inside the generated manifold); {} when there are too few samples."""
+    member = manifold_membership(generated, real, k)
+    if member is None:
+        return {}
+    return {"precision": round(float(member[0].mean()), 4), "recall": round(float(member[1].mean()), 4),
+            "pr_samples": len(member[0])}
+
+
+class Share:
+    """The share of true indicators, of all samples or of a resample: precision or recall.
+
+    Precision's resamples draw generated samples (the real manifold is fixed). Recall's draw real
+    samples, with the generated manifold fixed: a resample with repeats would shrink the k-NN balls
+    of repeated samples to zero, so resampling the generated set would measure the repeats, not the
+    draw. Recall's interval therefore covers which real images happened to be in the reference,
+    not which samples were generated; read it as a lower bound on its uncertainty.
+    """
+
+    def __init__(self, indicators: np.ndarray):
+        self.x = indicators.astype(np.float64)
+
+    def __call__(self, idx: np.ndarray | None = None) -> float:
+        return float(self.x.mean() if idx is None else self.x[idx].mean())
 
 
 @dataclass

@@ -73,6 +73,7 @@ def table() -> str:
                 f"{m.get('correction_gain', float('nan')):.3f}"]
         row.append(f"{t['cfg']['seconds_per_image']:.3f} / {t['agd']['seconds_per_image']:.3f}" if t else "")
         lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + trade_off(metrics, quality)
     unguided = quality.get("unguided", {})
     notes = []
     if unguided:
@@ -84,6 +85,26 @@ def table() -> str:
                      f"{train.get('steps')} steps.")
     notes.append(f"Made by `dvc repro` from {provenance()}.")
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def trade_off(metrics: dict, quality: dict) -> list[str]:
+    """Precision and recall per scale (judge features where there is a judge: every sample, not the
+    Inception subset): guidance trades recall for precision, and this says which one AGD gives up."""
+    prefix = "judge_" if any("judge_precision" in q.get("cfg", {}) for q in quality.values()) else ""
+    keys = [k for k in sorted(metrics, key=_scale) if f"{prefix}precision" in quality[k].get("cfg", {})]
+    if not keys:
+        return []
+    space = "classifier features" if prefix else "Inception features"
+    lines = [f"| w | precision CFG / AGD ({space}) | AGD - CFG | recall CFG / AGD | AGD - CFG |",
+             "|---|---|---|---|---|"]
+    for key in keys:
+        q, m = quality[key], metrics[key]
+        row = [f"{_scale(key):g}"]
+        for name in ("precision", "recall"):
+            row += [f"{_ci(q['cfg'][prefix + name], 3)} / {_ci(q['agd'][prefix + name], 3)}",
+                    _diff(m[f"{prefix}{name}_diff"], 3)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
 
 
 def distillation_rows(path: Path = REPORTS / "distillation.csv") -> list[dict]:
@@ -105,13 +126,13 @@ def plot_distillation(out: Path) -> None:
     """Captured, cosine and gain per sampler step, one line per scale."""
     plt = _pyplot()
     rows = distillation_rows()
-    scales = sorted({k.split("_", 1)[1] for k in rows[0] if k.startswith("captured_")}, key=_scale)
+    scales = sorted({r["w"] for r in rows}, key=float)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
-    steps = [int(r["step"]) for r in rows]
     for ax, name in zip(axes, ("captured", "cosine", "gain")):
-        for s in scales:
-            ys = [float(r[f"{name}_{s}"]) if r[f"{name}_{s}"] else float("nan") for r in rows]
-            ax.plot(steps, ys, marker="o", ms=3, label=f"w = {_scale(s):g}")
+        for w in scales:
+            mine = [r for r in rows if r["w"] == w]
+            ys = [float(r[name]) if r[name] else float("nan") for r in mine]
+            ax.plot([int(r["step"]) for r in mine], ys, marker="o", ms=3, label=f"w = {w}")
         ax.axhline(1.0, color="grey", lw=0.8, ls="--")
         ax.set_xlabel("sampler step (0 = noise)")
         ax.set_title(name)
@@ -145,6 +166,58 @@ def plot_scales(out: Path) -> None:
     bx.set_xlabel("guidance scale w")
     bx.legend()
     fig.suptitle("AGD against CFG across guidance scales")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def sweep_rows(path: Path = REPORTS / "sweep.csv") -> list[dict]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def sweep_table() -> str:
+    """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
+    summary = _load("sweep.json")
+    if not summary:
+        return ""
+    judge = any("judge_fd_diff" in m for m in summary.values())
+    lines = ["| w | FID AGD - CFG (95 % paired) |" + (" judge FD AGD - CFG | accuracy gap |" if judge else "")
+             + " captured | gain |", "|---|---|" + ("---|---|" if judge else "") + "---|---|"]
+    for key in sorted(summary, key=_scale):
+        m = summary[key]
+        row = [f"{_scale(key):g}" + ("" if m["in_training_range"] else " (outside training range)"), _diff(m["fid_diff"])]
+        if judge:
+            row += [_diff(m["judge_fd_diff"], 2), f"{m.get('accuracy_gap', float('nan')):+.3f}"]
+        row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_gain', float('nan')):.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
+    """FID of each method against w with 95 % intervals, the training range shaded; a note when off."""
+    plt = _pyplot()
+    rows = sweep_rows()
+    fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
+    if not rows:
+        ax.text(0.5, 0.5, "sweep off: dvc exp run -S sweep.num_samples=500", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.axvspan(*w_range, color="grey", alpha=0.12, label="training range of w")
+        for method in ("cfg", "agd"):
+            mine = [r for r in rows if r["method"] == method]
+            ws, fid = [float(r["w"]) for r in mine], [float(r["fid"]) for r in mine]
+            ax.errorbar(ws, fid, yerr=[[f - float(r["fid_low"]) for f, r in zip(fid, mine)],
+                                       [float(r["fid_high"]) - f for f, r in zip(fid, mine)]],
+                        marker="o", capsize=3, label=method.upper())
+        unguided = [r for r in rows if r["method"] == "unguided"]
+        if unguided:
+            ax.axhline(float(unguided[0]["fid"]), color="grey", ls="--", lw=0.8, label="unguided")
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel("FID (95 % interval)")
+        ax.legend()
+    fig.suptitle("CFG and AGD across guidance scales")
     fig.savefig(out, dpi=110)
     plt.close(fig)
 

@@ -103,7 +103,8 @@ def tiny_project(tmp_path_factory, prepared_data, tiny_base) -> Path:
     """Every stage of the pipeline run once, in order, through the CLI."""
     project = new_project(tmp_path_factory.mktemp("tiny"), prepared_data)
     shutil.copytree(tiny_base, project / "models" / "base-mnist-dit")
-    for stage in ["classifier", "fid-ref", "conditions", "trajectories", "verify", "train", "evaluate", "report"]:
+    for stage in ["classifier", "fid-ref", "conditions", "trajectories", "verify", "train", "evaluate", "sweep",
+                  "report"]:
         agd(project, stage)
     return project
 
@@ -142,6 +143,7 @@ def dvc_project(project_copy) -> Path:
     shutil.copytree(ROOT / "pipeline", project_copy / "pipeline", ignore=shutil.ignore_patterns("__pycache__"))
     for args in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "copy"]):
         assert dvc(project_copy, *args).returncode == 0
+    shutil.copytree(ROOT / ".dvc" / "plots", project_copy / ".dvc" / "plots")  # dvc.yaml's plot templates
     agd(project_copy, "check")
     committed = dvc(project_copy, "commit", "-f", "-q")
     assert committed.returncode == 0, committed.stderr

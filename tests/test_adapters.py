@@ -17,13 +17,16 @@ def _inputs(family, n=6, seed=0):
     return x, t, cond
 
 
-@pytest.mark.parametrize("architecture", ["offset", "cross_attention"])
-def test_identity_at_init(tiny_base, architecture):
+VARIANTS = [("offset", {}), ("cross_attention", {}), ("cross_attention", {"mlp": 2, "w_gate": True})]
+
+
+@pytest.mark.parametrize("architecture,extra", VARIANTS)
+def test_identity_at_init(tiny_base, architecture, extra):
     family = load_base("mnist-dit", str(tiny_base))
     x, t, cond = _inputs(family)
     with torch.no_grad():
         plain = family.forward(x, t, cond)
-        adapters = AdapterSet(family, architecture, width=16, heads=2).attach(family)
+        adapters = AdapterSet(family, architecture, width=16, heads=2, **extra).attach(family)
         for w in (1.0, 3.0, 7.5):
             out = adapters(family, x, t, cond, torch.full((len(x),), w))
             assert torch.equal(out, plain), f"untrained {architecture} adapters changed the output at w={w}"
@@ -31,11 +34,11 @@ def test_identity_at_init(tiny_base, architecture):
     assert adapters.summary()["percent_of_base"] > 0
 
 
-@pytest.mark.parametrize("architecture", ["offset", "cross_attention"])
-def test_only_adapter_parameters_train(tiny_base, architecture):
+@pytest.mark.parametrize("architecture,extra", VARIANTS)
+def test_only_adapter_parameters_train(tiny_base, architecture, extra):
     family = load_base("mnist-dit", str(tiny_base))
     before = {k: v.clone() for k, v in family.denoiser.state_dict().items()}
-    adapters = AdapterSet(family, architecture, width=16, heads=2).attach(family)
+    adapters = AdapterSet(family, architecture, width=16, heads=2, **extra).attach(family)
     opt = torch.optim.Adam(adapters.parameters(), lr=1e-2)
     x, t, cond = _inputs(family)
     w = torch.linspace(1, 5, len(x))
@@ -50,6 +53,39 @@ def test_only_adapter_parameters_train(tiny_base, architecture):
     assert losses[-1] < 0.7 * losses[0]
     assert all(torch.equal(before[k], v) for k, v in family.denoiser.state_dict().items())
     assert all(not p.requires_grad for p in family.denoiser.parameters())
+
+
+def test_gated_adapters_are_the_base_at_w_1_and_save_their_variant(tiny_base, tmp_path):
+    """With w_gate the correction is (w - 1) times the adapters' output: exactly the base at w = 1 even
+    after training; the content path and the gate are saved with the adapters and loaded back."""
+    family = load_base("mnist-dit", str(tiny_base))
+    adapters = AdapterSet(family, "cross_attention", width=16, heads=2, mlp=2, w_gate=True).attach(family)
+    with torch.no_grad():
+        for p in adapters.parameters():  # as if trained: every output layer non-zero
+            p.add_(0.05 * torch.randn_like(p))
+        x, t, cond = _inputs(family)
+        plain = family.forward(x, t, cond)
+        at_one = adapters(family, x, t, cond, torch.ones(len(x)))
+        at_three = adapters(family, x, t, cond, torch.full((len(x),), 3.0))
+        assert torch.allclose(at_one, plain, atol=1e-6) and (at_three - plain).abs().max() > 1e-3
+        adapters.save(tmp_path / "a")
+        adapters.detach()
+        loaded = AdapterSet.load(tmp_path / "a", family)
+        assert loaded.config["mlp"] == 2 and loaded.config["w_gate"] is True
+        assert torch.equal(loaded(family, x, t, cond, torch.full((len(x),), 3.0)), at_three)
+
+
+def test_adapter_files_from_before_the_variants_still_load(tiny_base, tmp_path):
+    """adapters.json written before `mlp` and `w_gate` existed: the paper's adapter, no gate."""
+    import json
+
+    family = load_base("mnist-dit", str(tiny_base))
+    AdapterSet(family, "cross_attention", width=16, heads=2).save(tmp_path / "old")
+    meta = json.loads((tmp_path / "old" / "adapters.json").read_text())
+    del meta["mlp"], meta["w_gate"]
+    (tmp_path / "old" / "adapters.json").write_text(json.dumps(meta))
+    loaded = AdapterSet.load(tmp_path / "old", family)
+    assert loaded.config["mlp"] == 0 and loaded.config["w_gate"] is False
 
 
 def test_trained_adapters_depend_on_w_and_move_towards_cfg(tiny_project):

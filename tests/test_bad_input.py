@@ -133,6 +133,8 @@ CASES = [
     ("negative-batch", params(**{"train.batch_size": -4}), "train", "batch_size: must be positive"),
     ("zero-lr", params(**{"train.lr": 0.0}), "train", "train.lr: must be positive"),
     ("width-not-divisible", params(**{"train.width": 15}), "train", "not divisible by heads"),
+    ("sweep-negative-samples", params(**{"sweep.num_samples": -1}), "sweep", "must not be negative"),
+    ("mlp-with-offset", params(**{"train.architecture": "offset", "train.mlp": 2}), "train", "train.mlp"),
     ("unknown-architecture", params(**{"train.architecture": "lora"}), "train", "unknown value 'lora'"),
     ("default-scale-not-evaluated", params(**{"evaluate.default_scale": 4.0}), "evaluate", "not in guidance_scales"),
     ("unknown-backend", params(**{"base.backend": "dalle"}), "conditions", "unknown backend 'dalle'"),

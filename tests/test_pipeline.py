@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from pipeline.store import TrajectoryStore
-from tests.conftest import ROOT, agd
+from tests.conftest import dvc, ROOT, agd, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
             "evaluate", "report", "verify", "stores", "sample", "preset"]
@@ -68,11 +68,13 @@ def test_metrics_line_up_agd_against_cfg(tiny_project):
         for method in (q[key]["cfg"], q[key]["agd"]):
             for name in ("fid", "kid", "judge_fd"):  # each distance with its interval around it
                 assert method[name]["ci_low"] <= method[name]["value"] <= method[name]["ci_high"]
-            assert 0 <= method["accuracy"] <= 1 and 0 <= method["precision"] <= 1 and 0 <= method["judge_recall"] <= 1
+            assert 0 <= method["accuracy"] <= 1
+            for name in ("precision", "recall", "judge_precision", "judge_recall"):  # shares, with intervals
+                assert 0 <= method[name]["ci_low"] <= method[name]["value"] <= method[name]["ci_high"] <= 1
         versus = m[key]
         assert versus["fid_diff"]["value"] == pytest.approx(q[key]["agd"]["fid"]["value"] - q[key]["cfg"]["fid"]["value"],
                                                             abs=2e-4)
-        for name in ("fid_diff", "kid_diff", "judge_fd_diff"):
+        for name in ("fid_diff", "kid_diff", "judge_fd_diff", "precision_diff", "recall_diff", "judge_recall_diff"):
             diff = versus[name]
             assert diff["significant"] == (diff["ci_low"] > 0 or diff["ci_high"] < 0)
         assert versus["correction_defined"] and versus["correction_captured"] <= 1 and versus["correction_gain"] > 0
@@ -85,11 +87,47 @@ def test_metrics_line_up_agd_against_cfg(tiny_project):
 def test_distillation_table_has_one_row_per_sampler_step(tiny_project):
     lines = (tiny_project / "reports" / "distillation.csv").read_text().splitlines()
     header = lines[0].split(",")
-    assert header == ["step", "t", "captured_w3", "cosine_w3", "gain_w3", "captured_w6", "cosine_w6", "gain_w6"]
+    assert header == ["w", "step", "t", "captured", "cosine", "gain"]
     rows = [dict(zip(header, line.split(","))) for line in lines[1:]]
-    assert [int(r["step"]) for r in rows] == list(range(5))  # trajectories.num_steps of the tiny project
-    assert all(float(r["captured_w3"]) <= 1 and -1 <= float(r["cosine_w3"]) <= 1 for r in rows)
-    assert [float(r["t"]) for r in rows] == sorted((float(r["t"]) for r in rows), reverse=True)
+    assert [r["w"] for r in rows] == ["3"] * 5 + ["6"] * 5  # every evaluate.guidance_scales, in order
+    for w in ("3", "6"):
+        mine = [r for r in rows if r["w"] == w]
+        assert [int(r["step"]) for r in mine] == list(range(5))  # trajectories.num_steps of the tiny project
+        assert all(float(r["captured"]) <= 1 and -1 <= float(r["cosine"]) <= 1 for r in mine)
+        assert [float(r["t"]) for r in mine] == sorted((float(r["t"]) for r in mine), reverse=True)
+
+
+def test_dvc_plots_draw_one_distillation_line_per_scale(dvc_project):
+    """`dvc plots show` on the real dvc.yaml: the per-scale template colours by w, for any scale list."""
+    done = dvc(dvc_project, "plots", "show", "--json")  # every plot dvc.yaml defines, as `dvc plots show` draws
+    assert done.returncode == 0, done.stderr
+    plot = json.loads(done.stdout)["data"]["reports/distillation.csv"][0]["content"]
+    assert plot["encoding"]["color"]["field"] == "w" and plot["encoding"]["y"]["field"] == "captured"
+    values = plot["data"]["values"]
+    assert {v["w"] for v in values} == {"3", "6"} and len(values) == 10
+
+
+def test_sweep_is_off_by_default_and_compares_methods_across_scales(tiny_project, project_copy):
+    reports = project_copy / "reports"
+    assert (tiny_project / "reports" / "sweep.csv").read_text().startswith("method,w,")  # off: a header only
+    assert json.loads((tiny_project / "reports" / "sweep.json").read_text()) == {}
+    set_params(project_copy, **{"sweep.num_samples": 6, "sweep.inception_samples": 6,
+                                "sweep.guidance_scales": [2.0, 6.0]})
+    agd(project_copy, "sweep")
+    agd(project_copy, "report")
+    rows = (reports / "sweep.csv").read_text().splitlines()
+    header, rows = rows[0].split(","), [dict(zip(rows[0].split(","), r.split(","))) for r in rows[1:]]
+    assert [(r["method"], r["w"]) for r in rows] == [("unguided", "1"), ("cfg", "2"), ("agd", "2"), ("cfg", "6"),
+                                                     ("agd", "6")]
+    assert all(float(r["fid_low"]) <= float(r["fid"]) <= float(r["fid_high"]) for r in rows)
+    summary = json.loads((reports / "sweep.json").read_text())
+    assert set(summary) == {"w2", "w6"}
+    assert summary["w2"]["in_training_range"] and not summary["w6"]["in_training_range"]  # conditions: w in [1, 5]
+    for m in summary.values():
+        diff = m["fid_diff"]
+        assert diff["ci_low"] <= diff["value"] <= diff["ci_high"] and "correction_captured" in m
+    assert "Across guidance scales" in (reports / "results.md").read_text()
+    assert Image.open(reports / "sweep.png").width > 100
 
 
 def test_sample_command(tiny_project, tmp_path):

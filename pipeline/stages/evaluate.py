@@ -7,7 +7,7 @@ Per guidance scale, written so that `dvc metrics diff` reads the answer first:
   (captured, cosine, gain); how close AGD's images are to CFG's, seed by seed.
 - reports/quality.json: each method's own figures with intervals (and the unguided base).
 - reports/timing.json: seconds and NFE per image (they change on every run; kept apart).
-- reports/distillation.csv: captured, cosine and gain per sampler step (a DVC plot).
+- reports/distillation.csv: captured, cosine and gain per scale and sampler step (a DVC plot).
 - reports/samples.png: CFG | AGD at the default scale, same seeds.
 """
 
@@ -24,7 +24,7 @@ from pipeline import devices, distill, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, same_seed_mse
+from pipeline.evaluation import Evaluation, held_out, same_seed_mse
 from pipeline.progress import log
 from pipeline.sampling import family_scheduler
 
@@ -55,25 +55,16 @@ def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, 
     return np.concatenate([a, gap, b], axis=1)
 
 
-def held_out_conditions(ev: Evaluation, p) -> tuple[dict, np.ndarray]:
-    """Conditions and seeds of the held-out CFG trajectories (seeds no sample or trajectory uses)."""
-    n = p.held_out_trajectories
-    rows = np.random.default_rng(p.seed + 1).choice(len(ev.items), n, replace=len(ev.items) < n)
-    return ev.family.condition_batch(ev.rows(rows)), 10**9 + p.seed + np.arange(n)
-
-
-def write_table(path: Path, tables: dict[str, list[dict]]) -> None:
-    """One row per sampler step; per scale the columns captured_<w>, cosine_<w>, gain_<w>."""
-    steps = next(iter(tables.values()))
+def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
+    """One row per guidance scale and sampler step (long format: any list of scales gives the same
+    columns, and dvc.yaml's plot draws one line per value of `w`)."""
     with open(path, "w", newline="") as f:
-        names = ["step", "t"] + [f"{m}_{key}" for key in tables for m in ("captured", "cosine", "gain")]
-        out = csv.DictWriter(f, names)
+        out = csv.DictWriter(f, ["w", "step", "t", "captured", "cosine", "gain"])
         out.writeheader()
-        for i, row in enumerate(steps):
-            line = {"step": row["step"], "t": row["t"]}
-            for key, rows in tables.items():
-                line.update({f"{m}_{key}": rows[i].get(m, "") for m in ("captured", "cosine", "gain")})
-            out.writerow(line)
+        for w, rows in tables.items():
+            for row in rows:
+                out.writerow({"w": f"{w:g}", "step": row["step"], "t": row["t"],
+                              **{m: row.get(m, "") for m in ("captured", "cosine", "gain")}})
 
 
 def run() -> None:
@@ -90,7 +81,7 @@ def run() -> None:
         f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
     adapters = AdapterSet.load(Path(train_p.output), family)
     ev = Evaluation(family, adapters, p, sampler)
-    held_cond, held_seeds = held_out_conditions(ev, p)
+    held_cond, held_seeds = held_out(family, p, ev.cond_arrays)
     unguided = ev.run("cond", 1.0)
     quality = {"unguided": ev.score(unguided)}
     timing = {"unguided": {"seconds_per_image": round(unguided.seconds, 5), "nfe_per_image": unguided.nfe}}
@@ -98,7 +89,7 @@ def run() -> None:
     for w in p.guidance_scales:
         key = scale_key(w)
         cfg, agd = ev.run("cfg", w), ev.run("agd", w)
-        summary, tables[key] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
+        summary, tables[w] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
                                                 traj.num_steps)
         quality[key] = {"cfg": ev.score(cfg), "agd": ev.score(agd)}
         versus = ev.compare(agd, cfg)

@@ -5,21 +5,26 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline import preflight, report
+from pipeline.config import load_section
 from pipeline.progress import log
 
 RESULTS = Path("reports/results.md")
 DISTILLATION_PNG = Path("reports/distillation.png")
 SCALES_PNG = Path("reports/scales.png")
+SWEEP_PNG = Path("reports/sweep.png")
 
 
 def run(readme: bool = False) -> None:
     preflight.writable_all([("results", RESULTS, "file"), ("figure", DISTILLATION_PNG, "file"),
-                            ("figure", SCALES_PNG, "file")])
-    text = report.table()
+                            ("figure", SCALES_PNG, "file"), ("figure", SWEEP_PNG, "file")])
+    sweep = report.sweep_table()
+    text = report.table() + ("\nAcross guidance scales (the sweep stage):\n\n" + sweep if sweep else "")
     RESULTS.write_text(text)
     report.plot_distillation(DISTILLATION_PNG)
     report.plot_scales(SCALES_PNG)
-    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}")
+    cond = load_section("conditions")
+    report.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
+    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}")
     if readme:
         if not report.update_readme(text):
             from pipeline.errors import AGDError

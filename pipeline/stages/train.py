@@ -66,7 +66,8 @@ def run() -> None:
     family = load_base(**asdict(base))
     log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}")
     store = open_store_for(family, traj)
-    adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed).attach(family)
+    adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
+                          p.w_gate).attach(family)
     if p.gradient_checkpointing:
         family.denoiser.enable_gradient_checkpointing()
     summary = adapters.summary()
