@@ -177,9 +177,9 @@ def sweep_rows(path: Path = REPORTS / "sweep.csv") -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def sweep_table() -> str:
+def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
     """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
-    summary = _load("sweep.json")
+    summary = json.loads(path.read_text()) if path.exists() else {}
     if not summary:
         return ""
     judge = any("judge_fd_diff" in m for m in summary.values())

@@ -23,7 +23,7 @@ def params(**changes):
         for dotted, value in changes.items():
             section, _, key = dotted.partition(".")
             if key:
-                doc[section][key] = value
+                doc.setdefault(section, {})[key] = value
             else:
                 doc[section] = value
         (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))

@@ -10,7 +10,7 @@ from pipeline.store import TrajectoryStore
 from tests.conftest import dvc, ROOT, agd, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "report", "verify", "stores", "sample", "preset"]
+            "evaluate", "sweep", "report", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -146,9 +146,12 @@ def test_report_renders_results_from_the_reports(project_copy):
     agd(project_copy, "report", "--readme")
     results = (project_copy / "reports/results.md").read_text()
     metrics = json.loads((project_copy / "reports/metrics.json").read_text())
-    rows = [line for line in results.splitlines() if line.startswith("| 3 ") or line.startswith("| 6 ")]
+    tables = [[line for line in block.splitlines() if line.startswith(("| 3 ", "| 6 "))]
+              for block in results.split("\n\n")]
+    rows, trade_off = tables[0], tables[1]  # AGD against CFG; then precision and recall
     assert len(rows) == 2 and "(outside training range)" in rows[1]
     assert f"{metrics['w3']['fid_diff']['value']:+.1f}" in rows[0]  # the figure, not a typed one
+    assert len(trade_off) == 2 and f"{metrics['w3']['judge_recall_diff']['value']:+.3f}" in trade_off[0]
     assert "Made by `dvc repro` from commit" in results
     readme = (project_copy / "README.md").read_text()
     assert "old" not in readme and results in readme and readme.endswith("<!-- results:end -->\nafter\n")
