@@ -115,8 +115,8 @@ def test_sweep_is_off_by_default_and_compares_methods_across_scales(tiny_project
                                 "sweep.guidance_scales": [2.0, 6.0]})
     agd(project_copy, "sweep")
     agd(project_copy, "report")
-    rows = (reports / "sweep.csv").read_text().splitlines()
-    header, rows = rows[0].split(","), [dict(zip(rows[0].split(","), r.split(","))) for r in rows[1:]]
+    lines = (reports / "sweep.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
     assert [(r["method"], r["w"]) for r in rows] == [("unguided", "1"), ("cfg", "2"), ("agd", "2"), ("cfg", "6"),
                                                      ("agd", "6")]
     assert all(float(r["fid_low"]) <= float(r["fid"]) <= float(r["fid_high"]) for r in rows)
