@@ -1,6 +1,6 @@
 """Stage `sweep`: CFG, AGD and the unguided base across guidance scales, inside and outside the
 range the adapters were trained on. Off by default (`sweep.num_samples: 0`), because at 500
-samples per method and scale it takes about ten minutes on 2 CPU cores; turn it on with
+samples per method and scale it took 18 minutes on 2 CPU cores (shared with a test run); turn it on with
 
     dvc exp run -S sweep.num_samples=500
 
