@@ -11,14 +11,17 @@ Two feature spaces:
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from pipeline import classifier, fid, quality
+from pipeline.adapters import AdapterSet
+from pipeline.backends import load_base
 from pipeline.progress import Tracker
-from pipeline.sampling import NFE_PER_STEP, sample
+from pipeline.sampling import NFE_PER_STEP, family_scheduler, sample
 
 class Samples:
     """One method's samples at one scale: images, features per space, seconds per image."""
@@ -26,6 +29,15 @@ class Samples:
     def __init__(self, images: np.ndarray, features: dict[str, np.ndarray], seconds: float, nfe: int):
         self.images, self.features, self.seconds, self.nfe = images, features, seconds, nfe
         self.scored: dict[str, quality.Scored] = {}  # distance name -> value and bootstrap values
+
+
+def load_models(base, traj, train_p, p):
+    """The frozen base, set up for the evaluation sampler (refused when it cannot take
+    `evaluate.num_steps`), the trained adapters and the sampler's name: evaluate and sweep both."""
+    family = load_base(**asdict(base))
+    sampler = p.scheduler or traj.scheduler
+    family_scheduler(family, sampler, p.num_steps, key="params.yaml: evaluate.num_steps")
+    return family, AdapterSet.load(Path(train_p.output), family), sampler
 
 
 def items(family, p) -> list[dict]:
@@ -61,7 +73,7 @@ class Evaluation:
         if family.spec.name == "mnist-dit":  # the only backend with a judge of its classes
             self.judge = classifier.load(classifier.WEIGHTS).to(family.device)
         self.extractor = fid.InceptionFeatures(fid.WEIGHTS).to(family.device)
-        n = p.num_samples
+        n = len(self.seeds)
         self.n_inception = min(p.inception_samples or n, n)
         self.refs = {"inception": fid.load_reference(fid.REFERENCE)}
         if self.judge is not None:

@@ -107,7 +107,11 @@ def trade_off(metrics: dict, quality: dict) -> list[str]:
     return lines
 
 
-def distillation_rows(path: Path = REPORTS / "distillation.csv") -> list[dict]:
+def _rows(name: str) -> list[dict]:
+    """A CSV report's rows; [] when it does not exist (like _load for the JSON ones)."""
+    path = REPORTS / name
+    if not path.exists():
+        return []
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
 
@@ -125,7 +129,7 @@ def _pyplot():
 def plot_distillation(out: Path) -> None:
     """Captured, cosine and gain per sampler step, one line per scale."""
     plt = _pyplot()
-    rows = distillation_rows()
+    rows = _rows("distillation.csv")
     scales = sorted({r["w"] for r in rows}, key=float)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
     for ax, name in zip(axes, ("captured", "cosine", "gain")):
@@ -170,13 +174,6 @@ def plot_scales(out: Path) -> None:
     plt.close(fig)
 
 
-def sweep_rows(path: Path = REPORTS / "sweep.csv") -> list[dict]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
     """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
     summary = json.loads(path.read_text()) if path.exists() else {}
@@ -198,7 +195,7 @@ def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
 def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
     """FID of each method against w with 95 % intervals, the training range shaded; a note when off."""
     plt = _pyplot()
-    rows = sweep_rows()
+    rows = _rows("sweep.csv")
     fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
     if not rows:
         ax.text(0.5, 0.5, "sweep off: dvc exp run -S sweep.num_samples=500", ha="center", va="center")

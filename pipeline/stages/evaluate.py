@@ -15,18 +15,14 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from pipeline import devices, distill, preflight
-from pipeline.adapters import AdapterSet
-from pipeline.backends import load_base
 from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, held_out, same_seed_mse
+from pipeline.evaluation import Evaluation, held_out, load_models, same_seed_mse
 from pipeline.progress import log
-from pipeline.sampling import family_scheduler
 
 METRICS = Path("reports/metrics.json")
 QUALITY = Path("reports/quality.json")
@@ -74,12 +70,9 @@ def run() -> None:
                                                                   "evaluate"))
     outputs = [METRICS, QUALITY, TIMING, DISTILLATION, GRID]
     preflight.writable_all([(f"evaluate output {o.name}", o, "file") for o in outputs])
-    family = load_base(**asdict(base))
-    sampler = p.scheduler or traj.scheduler
-    family_scheduler(family, sampler, p.num_steps, key="params.yaml: evaluate.num_steps")
+    family, adapters, sampler = load_models(base, traj, train_p, p)
     log(f"evaluate: {family.spec.name} base on {devices.describe(family.device, family.dtype)}; samples with "
         f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
-    adapters = AdapterSet.load(Path(train_p.output), family)
     ev = Evaluation(family, adapters, p, sampler)
     held_cond, held_seeds = held_out(family, p, ev.cond_arrays)
     unguided = ev.run("cond", 1.0)

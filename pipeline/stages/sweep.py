@@ -16,16 +16,13 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, replace
+from dataclasses import replace
 from pathlib import Path
 
 from pipeline import distill, preflight
-from pipeline.adapters import AdapterSet
-from pipeline.backends import load_base
 from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, held_out
+from pipeline.evaluation import Evaluation, held_out, load_models
 from pipeline.progress import log
-from pipeline.sampling import family_scheduler
 from pipeline.stages.evaluate import scale_key
 
 TABLE = Path("reports/sweep.csv")
@@ -60,10 +57,7 @@ def run() -> None:
         write([], {})
         log("sweep: off (sweep.num_samples is 0); turn it on with `dvc exp run -S sweep.num_samples=500`")
         return
-    family = load_base(**asdict(base))
-    sampler = ev_p.scheduler or traj.scheduler
-    family_scheduler(family, sampler, ev_p.num_steps, key="params.yaml: evaluate.num_steps")
-    adapters = AdapterSet.load(Path(train_p.output), family)
+    family, adapters, sampler = load_models(base, traj, train_p, ev_p)
     settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples,
                        guidance_scales=p.guidance_scales, default_scale=p.guidance_scales[0])
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out trajectories
@@ -76,7 +70,7 @@ def run() -> None:
         cfg, agd = ev.run("cfg", w), ev.run("agd", w)
         rows += [row("cfg", w, in_range, ev.score(cfg)), row("agd", w, in_range, ev.score(agd))]
         versus = {k: v for k, v in ev.compare(agd, cfg).items() if k in ("fid_diff", "judge_fd_diff")}
-        if "accuracy" in rows[-1] and rows[-1]["accuracy"] != "":
+        if rows[-1]["accuracy"] != "":  # a judge exists
             versus["accuracy_gap"] = round(rows[-1]["accuracy"] - rows[-2]["accuracy"], 4)
         total, _ = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler, traj.num_steps)
         versus.update({k: v for k, v in total.items() if k != "correction_defined"}, in_training_range=in_range)
