@@ -132,6 +132,15 @@ def sweep() -> None:
 
 
 @app.command()
+def nfe() -> None:
+    """Quality against NFE per image: CFG, AGD, CFG at half the steps, CFG on a guidance interval and CFG
+    reusing its unconditional output, at each step count; off unless nfe.num_samples > 0 (params.yaml: nfe)."""
+    from pipeline.stages import nfe as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit

@@ -164,6 +164,19 @@ class SweepParams:
     inception_samples: int = 100  # Inception FID on the first N of them (0: all)
 
 
+@dataclass
+class NfeParams:
+    """Quality against network evaluations (NFE) per image: CFG, AGD and the cheap-CFG baselines at
+    each step count (the `nfe` stage); off by default."""
+
+    guidance_scale: float = 3.0
+    steps: list[int] = field(default_factory=lambda: [5, 8, 12, 25])  # sampler steps of each point
+    interval: list[float] = field(default_factory=lambda: [0.3, 3.0])  # guidance interval: sigma in (low, high]
+    reuse: float = 0.5  # share of steps that reuse the last unconditional output
+    num_samples: int = 0  # per method and step count; 0: the stage is off
+    inception_samples: int = 100  # Inception FID on the first N of them (0: all)
+
+
 SECTIONS: dict[str, type] = {
     "dag": DagParams,
     "base": BaseParams,
@@ -176,6 +189,7 @@ SECTIONS: dict[str, type] = {
     "train": TrainParams,
     "evaluate": EvaluateParams,
     "sweep": SweepParams,
+    "nfe": NfeParams,
 }
 
 # Values that must be positive, by section and key.
@@ -309,6 +323,18 @@ def _check_relations(name: str, p, path: Path) -> None:
             raise AGDError(f"{where}.num_samples", "sample counts must not be negative", "use 0 (off) or e.g. 500")
         if any(w < 0 for w in p.guidance_scales):
             raise AGDError(f"{where}.guidance_scales", "guidance scales must not be negative", "use w >= 0")
+    if name == "nfe":
+        if p.num_samples < 0 or p.inception_samples < 0:
+            raise AGDError(f"{where}.num_samples", "sample counts must not be negative", "use 0 (off) or e.g. 1000")
+        if any(n <= 0 for n in p.steps):
+            raise AGDError(f"{where}.steps", f"step counts must be positive, got {p.steps}", "use e.g. [5, 8, 12, 25]")
+        if len(p.interval) != 2 or not 0 <= p.interval[0] < p.interval[1]:
+            raise AGDError(f"{where}.interval", f"expected [low, high] with 0 <= low < high, got {p.interval}",
+                           "use noise levels sigma, e.g. [0.3, 3.0]")
+        if not 0 <= p.reuse < 1:
+            raise AGDError(f"{where}.reuse", f"must be in [0, 1), got {p.reuse}", "use e.g. 0.5 (every other step)")
+        if p.guidance_scale < 0:
+            raise AGDError(f"{where}.guidance_scale", "must not be negative", "use w >= 0")
     if name == "fid_ref" and p.features_kept < 0:
         raise AGDError(f"{where}.features_kept", f"must not be negative, got {p.features_kept}", "use 0 (all) or a count")
     if name == "fid_ref" and p.num_images < 0:

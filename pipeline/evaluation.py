@@ -21,7 +21,7 @@ from pipeline import classifier, fid, quality
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.progress import Tracker
-from pipeline.sampling import NFE_PER_STEP, family_scheduler, sample
+from pipeline.sampling import Guidance, family_scheduler, nfe, plan_for, sample
 
 class Samples:
     """One method's samples at one scale: images, features per space, seconds per image."""
@@ -87,17 +87,20 @@ class Evaluation:
     def rows(self, idx):
         return {k: v[idx] for k, v in self.cond_arrays.items()}
 
-    def run(self, mode: str, w: float) -> Samples:
-        """All evaluation samples of one method at one scale, and their features."""
+    def run(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
+            guidance: Guidance = Guidance(), label: str | None = None) -> Samples:
+        """All evaluation samples of one method at one scale, and their features; by default with
+        the evaluation's sampler and step count."""
+        scheduler, num_steps = scheduler or self.scheduler, num_steps or self.p.num_steps
         images, seconds = [], 0.0
         bs = self.p.batch_size
-        with Tracker(f"evaluate {mode} w={w:g}", len(self.seeds)) as tracker:
+        with Tracker(f"evaluate {label or mode} w={w:g}", len(self.seeds)) as tracker:
             for s in range(0, len(self.seeds), bs):
                 idx = list(range(s, min(s + bs, len(self.seeds))))
                 cond = self.family.condition_batch(self.rows(idx))
                 t0 = time.perf_counter()
-                x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), w), self.scheduler,
-                           self.p.num_steps, mode=mode, adapters=self.adapters)
+                x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), w), scheduler,
+                           num_steps, mode=mode, adapters=self.adapters, guidance=guidance)
                 seconds += time.perf_counter() - t0
                 images.append(self.family.decode(x).cpu().numpy())
                 tracker.advance(len(idx))
@@ -106,7 +109,8 @@ class Evaluation:
                                                     device=self.family.device)}
         if self.judge is not None:
             features["judge"] = classifier.features(self.judge, self._digits(images)).cpu().numpy()
-        result = Samples(images, features, seconds / len(self.seeds), NFE_PER_STEP[mode] * self.p.num_steps)
+        cost = nfe(plan_for(self.family, scheduler, num_steps, mode, guidance))
+        result = Samples(images, features, seconds / len(self.seeds), cost)
         self.measure(result)
         return result
 

@@ -174,51 +174,6 @@ def plot_scales(out: Path) -> None:
     plt.close(fig)
 
 
-def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
-    """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
-    summary = json.loads(path.read_text()) if path.exists() else {}
-    if not summary:
-        return ""
-    judge = any("judge_fd_diff" in m for m in summary.values())
-    lines = ["| w | FID AGD - CFG (95 % paired) |" + (" judge FD AGD - CFG | accuracy gap |" if judge else "")
-             + " captured | gain |", "|---|---|" + ("---|---|" if judge else "") + "---|---|"]
-    for key in sorted(summary, key=_scale):
-        m = summary[key]
-        row = [f"{_scale(key):g}" + ("" if m["in_training_range"] else " (outside training range)"), _diff(m["fid_diff"])]
-        if judge:
-            row += [_diff(m["judge_fd_diff"], 2), f"{m.get('accuracy_gap', float('nan')):+.3f}"]
-        row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_gain', float('nan')):.3f}"]
-        lines.append("| " + " | ".join(row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
-    """FID of each method against w with 95 % intervals, the training range shaded; a note when off."""
-    plt = _pyplot()
-    rows = _rows("sweep.csv")
-    fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
-    if not rows:
-        ax.text(0.5, 0.5, "sweep off: dvc exp run -S sweep.num_samples=500", ha="center", va="center")
-        ax.set_axis_off()
-    else:
-        ax.axvspan(*w_range, color="grey", alpha=0.12, label="training range of w")
-        for method in ("cfg", "agd"):
-            mine = [r for r in rows if r["method"] == method]
-            ws, fid = [float(r["w"]) for r in mine], [float(r["fid"]) for r in mine]
-            ax.errorbar(ws, fid, yerr=[[f - float(r["fid_low"]) for f, r in zip(fid, mine)],
-                                       [float(r["fid_high"]) - f for f, r in zip(fid, mine)]],
-                        marker="o", capsize=3, label=method.upper())
-        unguided = [r for r in rows if r["method"] == "unguided"]
-        if unguided:
-            ax.axhline(float(unguided[0]["fid"]), color="grey", ls="--", lw=0.8, label="unguided")
-        ax.set_xlabel("guidance scale w")
-        ax.set_ylabel("FID (95 % interval)")
-        ax.legend()
-    fig.suptitle("CFG and AGD across guidance scales")
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-
-
 def update_readme(text: str, readme: Path = Path("README.md")) -> bool:
     """Replace the block between the results markers; False when README has no markers."""
     doc = readme.read_text()

@@ -7,9 +7,12 @@ and we need the per-step states and CFG outputs anyway to record trajectories.
 from __future__ import annotations
 
 import inspect
+import math
+from dataclasses import dataclass
 from typing import Callable
 
 import diffusers
+import numpy as np
 import torch
 
 from pipeline.errors import AGDError
@@ -56,28 +59,87 @@ def family_scheduler(family, name: str, num_steps: int, key: str = "num_steps"):
 
 Recorder = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor], None]
 
+# What one sampler step computes, and its cost in network evaluations (NFE) per image:
+#   cfg    both branches, guided (2)        agd    one pass with the adapters (1)
+#   cond   the conditional branch alone (1) reuse  the conditional branch, guided with the last
+#                                                  unconditional output computed (1)
+ACTION_NFE = {"cfg": 2, "agd": 1, "cond": 1, "reuse": 1}
+MODES = ("cfg", "agd", "cond", "interval", "reuse")
+
+
+@dataclass(frozen=True)
+class Guidance:
+    """The cheap-CFG baselines' settings (modes "interval" and "reuse").
+
+    interval: guide only while the noise level sigma = sqrt((1 - alpha_bar) / alpha_bar) lies in
+      (low, high], the conditional branch alone elsewhere (Kynkäänniemi et al. 2024).
+    reuse: the share of steps that skip the unconditional branch and reuse the last one computed,
+      spread evenly, never the first step (the FasterCache-style skip, without its frequency fix).
+    """
+
+    interval: tuple[float, float] = (0.0, float("inf"))
+    reuse: float = 0.0
+
+
+def noise_levels(scheduler) -> np.ndarray:
+    """sigma of every sampler step, from the scheduler's alpha_bar (interpolated for float timesteps)."""
+    alpha_bar = scheduler.alphas_cumprod.double().numpy()
+    sigmas = np.sqrt((1 - alpha_bar) / alpha_bar)
+    return np.interp(scheduler.timesteps.double().numpy(), np.arange(len(sigmas)), sigmas)
+
+
+def step_plan(mode: str, sigmas: np.ndarray, guidance: Guidance = Guidance()) -> list[str]:
+    """What each step computes (an ACTION_NFE key) for a sampling mode."""
+    if mode not in MODES:
+        raise ValueError(f"unknown sampling mode {mode!r}")
+    n = len(sigmas)
+    if mode == "interval":
+        low, high = guidance.interval
+        return ["cfg" if low < s <= high else "cond" for s in sigmas]
+    if mode == "reuse":
+        f = guidance.reuse
+        return ["reuse" if i > 0 and math.floor(i * f) > math.floor((i - 1) * f) else "cfg" for i in range(n)]
+    return [mode] * n
+
+
+def nfe(plan: list[str]) -> int:
+    """Network evaluations per image of a step plan (a pass over 2B samples counts 2)."""
+    return sum(ACTION_NFE[a] for a in plan)
+
+
+def plan_for(family, scheduler_name: str, num_steps: int, mode: str, guidance: Guidance = Guidance()) -> list[str]:
+    return step_plan(mode, noise_levels(family_scheduler(family, scheduler_name, num_steps)), guidance)
+
 
 @torch.no_grad()
 def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_steps: int,
-           mode: str = "cfg", adapters=None, record: Recorder | None = None) -> torch.Tensor:
+           mode: str = "cfg", adapters=None, record: Recorder | None = None,
+           guidance: Guidance = Guidance()) -> torch.Tensor:
     """Run the sampler from the seeds' noise; returns the final latents / pixels.
 
-    mode: "cfg" (two passes, the teacher), "agd" (one pass with adapters at w) or "cond" (w = 1).
+    mode: "cfg" (two passes, the teacher), "agd" (one pass with adapters at w), "cond" (w = 1), or
+    a cheap-CFG baseline, "interval" or "reuse" (see Guidance and step_plan).
     record(step, x_t, t, out) sees every model input and the output used for the step.
     """
     scheduler = family_scheduler(family, scheduler_name, num_steps)
+    plan = step_plan(mode, noise_levels(scheduler), guidance)
     device = family.device
     generators = seeded_generators(seeds)
     x = initial_noise(generators, family.latent_shape).to(device) * scheduler.init_noise_sigma
     # Stochastic samplers (DDPM) draw step noise from the samples' own generators: per seed, as above.
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(len(x))
+    last_null = None
     for i, t in enumerate(scheduler.timesteps):
         x_in = scheduler.scale_model_input(x, t)
         t_batch = t.to(device).expand(len(x))
-        if mode == "cfg":
-            out, _ = family.guided(x_in, t_batch, cond, w)
-        elif mode == "agd":
+        action = plan[i]
+        if action == "cfg":
+            out_cond, last_null = family.branches(x_in, t_batch, cond)
+            out = family.guide(out_cond, last_null, w)
+        elif action == "reuse":
+            out = family.guide(family.forward(x_in, t_batch, cond), last_null, w)
+        elif action == "agd":
             out = adapters(family, x_in, t_batch, cond, w)
         else:
             out = family.forward(x_in, t_batch, cond)
@@ -85,6 +147,3 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
             record(i, x_in, t_batch, out)
         x = scheduler.step(family.scheduler_output(out, scheduler).float(), t, x, **step_kwargs).prev_sample
     return x
-
-
-NFE_PER_STEP = {"cfg": 2, "agd": 1, "cond": 1}

@@ -65,15 +65,15 @@ class DiTFamily(Family):
     def forward(self, x, t, cond):
         return self.denoiser(x.to(self.dtype), timestep=t, class_labels=cond["labels"]).sample
 
-    def guided(self, x, t, cond, w):
-        out_cfg, out_cond = super().guided(x, t, cond, w)
+    def guide(self, out_cond, out_null, w):
+        out_cfg = super().guide(out_cond, out_null, w)
         # CFG acts on epsilon only: the learned variance comes from the conditional branch. With
         # cfg_channels = 3 only the first three epsilon channels are guided, as the original DiT code
         # does "for exact reproducibility"; the rest stay conditional.
-        guided = self.cfg_channels or x.shape[1]
+        guided = self.cfg_channels or self.denoiser.config.in_channels
         if guided < out_cfg.shape[1]:
             out_cfg = torch.cat([out_cfg[:, :guided], out_cond[:, guided:]], dim=1)
-        return out_cfg, out_cond
+        return out_cfg
 
     def content_identity(self):
         identity = super().content_identity()

@@ -76,15 +76,24 @@ class Family:
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         raise NotImplementedError
 
-    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: dict, w: torch.Tensor):
-        """Classifier-free guidance in one batched pass of 2B samples: returns (out_cfg, out_cond)."""
+    def branches(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The conditional and unconditional outputs in one batched pass of 2B samples."""
         null = self.null_condition(cond)
         first, second = (cond, null) if self.spec.cfg_layout == "cond_null" else (null, cond)
         both = {k: torch.cat([first[k], second[k]]) for k in cond}
         out = self.forward(torch.cat([x, x]), torch.cat([t, t]), both)
         out_first, out_second = out.chunk(2)
-        out_cond, out_null = (out_first, out_second) if self.spec.cfg_layout == "cond_null" else (out_second, out_first)
-        return self.combine(out_cond, out_null, w), out_cond
+        return (out_first, out_second) if self.spec.cfg_layout == "cond_null" else (out_second, out_first)
+
+    def guide(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """CFG's output from its two branches (the unconditional one may be an earlier step's, see
+        sampling's `reuse`)."""
+        return self.combine(out_cond, out_null, w)
+
+    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: dict, w: torch.Tensor):
+        """Classifier-free guidance in one batched pass of 2B samples: returns (out_cfg, out_cond)."""
+        out_cond, out_null = self.branches(x, t, cond)
+        return self.guide(out_cond, out_null, w), out_cond
 
     def combine(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         w = w.to(out_cond.dtype).view(-1, *([1] * (out_cond.dim() - 1)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import preflight, report
+from pipeline import preflight, report, report_experiments
 from pipeline.config import load_section
 from pipeline.progress import log
 
@@ -12,19 +12,23 @@ RESULTS = Path("reports/results.md")
 DISTILLATION_PNG = Path("reports/distillation.png")
 SCALES_PNG = Path("reports/scales.png")
 SWEEP_PNG = Path("reports/sweep.png")
+NFE_PNG = Path("reports/nfe.png")
 
 
 def run(readme: bool = False) -> None:
     preflight.writable_all([("results", RESULTS, "file"), ("figure", DISTILLATION_PNG, "file"),
-                            ("figure", SCALES_PNG, "file"), ("figure", SWEEP_PNG, "file")])
-    sweep = report.sweep_table()
-    text = report.table() + ("\nAcross guidance scales (the sweep stage):\n\n" + sweep if sweep else "")
+                            ("figure", SCALES_PNG, "file"), ("figure", SWEEP_PNG, "file"),
+                            ("figure", NFE_PNG, "file")])
+    sweep, nfe = report_experiments.sweep_table(), report_experiments.nfe_table()
+    text = (report.table() + ("\nAcross guidance scales (the sweep stage):\n\n" + sweep if sweep else "")
+            + ("\nAgainst the cheap-CFG baselines (the nfe stage). " + nfe if nfe else ""))
     RESULTS.write_text(text)
     report.plot_distillation(DISTILLATION_PNG)
     report.plot_scales(SCALES_PNG)
     cond = load_section("conditions")
-    report.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
-    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}")
+    report_experiments.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
+    report_experiments.plot_nfe(NFE_PNG)
+    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}, {NFE_PNG}")
     if readme:
         if not report.update_readme(text):
             from pipeline.errors import AGDError

@@ -1,0 +1,107 @@
+"""The experiments' tables and figures (sweep, NFE curve), from their reports only: the same
+generator as the main results (pipeline.report), so `agd report` renders them all."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipeline.report import REPORTS, _diff, _pyplot, _rows, _scale
+
+
+def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
+    """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if not summary:
+        return ""
+    judge = any("judge_fd_diff" in m for m in summary.values())
+    lines = ["| w | FID AGD - CFG (95 % paired) |" + (" judge FD AGD - CFG | accuracy gap |" if judge else "")
+             + " captured | gain |", "|---|---|" + ("---|---|" if judge else "") + "---|---|"]
+    for key in sorted(summary, key=_scale):
+        m = summary[key]
+        row = [f"{_scale(key):g}" + ("" if m["in_training_range"] else " (outside training range)"), _diff(m["fid_diff"])]
+        if judge:
+            row += [_diff(m["judge_fd_diff"], 2), f"{m.get('accuracy_gap', float('nan')):+.3f}"]
+        row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_gain', float('nan')):.3f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
+    """FID of each method against w with 95 % intervals, the training range shaded; a note when off."""
+    plt = _pyplot()
+    rows = _rows("sweep.csv")
+    fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
+    if not rows:
+        ax.text(0.5, 0.5, "sweep off: dvc exp run -S sweep.num_samples=500", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        ax.axvspan(*w_range, color="grey", alpha=0.12, label="training range of w")
+        for method in ("cfg", "agd"):
+            mine = [r for r in rows if r["method"] == method]
+            ws, fid = [float(r["w"]) for r in mine], [float(r["fid"]) for r in mine]
+            ax.errorbar(ws, fid, yerr=[[f - float(r["fid_low"]) for f, r in zip(fid, mine)],
+                                       [float(r["fid_high"]) - f for f, r in zip(fid, mine)]],
+                        marker="o", capsize=3, label=method.upper())
+        unguided = [r for r in rows if r["method"] == "unguided"]
+        if unguided:
+            ax.axhline(float(unguided[0]["fid"]), color="grey", ls="--", lw=0.8, label="unguided")
+        ax.set_xlabel("guidance scale w")
+        ax.set_ylabel("FID (95 % interval)")
+        ax.legend()
+    fig.suptitle("CFG and AGD across guidance scales")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+METHOD_LABELS = {"cfg": "CFG", "agd": "AGD", "cfg_half_steps": "CFG, half the steps",
+                 "interval": "CFG on a guidance interval", "reuse": "CFG reusing the unconditional output"}
+
+
+def nfe_table(path: Path = REPORTS / "nfe.json") -> str:
+    """Per step count, AGD minus each baseline (paired), with each side's NFE; "" when the stage is off."""
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if not summary:
+        return ""
+    first = next(iter(summary.values()))
+    name = "judge_fd_diff" if "judge_fd_diff" in first["vs_cfg"] else "fid_diff"
+    what = "judge feature distance" if name == "judge_fd_diff" else "FID"
+    baselines = [k[3:] for k in first if k.startswith("vs_")]
+    lines = [f"AGD minus each baseline in {what} (95 % paired; negative: AGD is better), NFE per image in brackets:",
+             "", "| steps | AGD NFE | " + " | ".join(METHOD_LABELS.get(b, b) for b in baselines) + " |",
+             "|---|---|" + "---|" * len(baselines)]
+    for key in sorted(summary, key=lambda k: int(k[5:])):
+        m = summary[key]
+        cells = [f"{_diff(m['vs_' + b][name], 2)} ({m['vs_' + b]['nfe']})" for b in baselines]
+        lines.append(f"| {key[5:]} | {m['agd_nfe']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_nfe(out: Path) -> None:
+    """Quality against NFE per image and against seconds per image, one line per method, 95 % intervals."""
+    plt = _pyplot()
+    rows = _rows("nfe.csv")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
+    if not rows:
+        for ax in axes:
+            ax.set_axis_off()
+        axes[0].text(0.5, 0.5, "nfe stage off: dvc exp run -S nfe.num_samples=1000", ha="center", va="center")
+    else:
+        name = "judge_fd" if rows[0].get("judge_fd") else "fid"
+        for method in METHOD_LABELS:
+            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["nfe"]))
+            if not mine:
+                continue
+            y = [float(r[name]) for r in mine]
+            err = [[v - float(r[f"{name}_low"]) for v, r in zip(y, mine)], [float(r[f"{name}_high"]) - v for v, r in zip(y, mine)]]
+            style = {"lw": 2.2, "zorder": 3} if method == "agd" else {"lw": 1.0}
+            for ax, x in ((axes[0], [int(r["nfe"]) for r in mine]), (axes[1], [float(r["seconds_per_image"]) for r in mine])):
+                ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=METHOD_LABELS[method], **style)
+        label = "judge feature distance" if name == "judge_fd" else "FID"
+        for ax, xlabel in zip(axes, ("NFE per image", "seconds per image (this run's machine)")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(f"{label} (95 % interval)")
+        axes[0].legend(fontsize=8)
+    fig.suptitle("Quality against cost: AGD and the cheap-CFG baselines")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

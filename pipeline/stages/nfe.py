@@ -1,0 +1,100 @@
+"""Stage `nfe`: quality against cost. At each sampler step count N (`nfe.steps`), on the same
+conditions and seeds:
+
+    cfg             CFG, N steps                                     2N NFE per image
+    agd             AGD, N steps                                      N NFE
+    cfg_half_steps  CFG with half the steps (N // 2): AGD's NFE       2 (N // 2) NFE
+    interval        CFG only while sigma lies in `nfe.interval`,      2 per guided step, 1 per other
+                    the conditional branch alone elsewhere
+    reuse           CFG reusing the last unconditional output on      2 per full step, 1 per reusing
+                    a share `nfe.reuse` of the steps                  step
+
+NFE is counted from the step plan each sampler runs (pipeline.sampling.step_plan), so a pass that is
+spent counts, whether or not it changed the image. Off by default (`nfe.num_samples: 0`):
+
+    dvc exp run -S nfe.num_samples=1000
+
+Writes reports/nfe.csv (one row per method and step count: FID and judge FD with 95 % intervals,
+accuracy, NFE and seconds per image: a DVC plot of quality against NFE) and reports/nfe.json (per N,
+AGD minus each baseline, paired by seed and condition: `dvc metrics diff` reads it).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import replace
+from pathlib import Path
+
+from pipeline import preflight
+from pipeline.config import load_section
+from pipeline.evaluation import Evaluation, load_models
+from pipeline.progress import log
+from pipeline.sampling import Guidance
+
+TABLE = Path("reports/nfe.csv")
+SUMMARY = Path("reports/nfe.json")
+COLUMNS = ["method", "steps", "nfe", "seconds_per_image", "fid", "fid_low", "fid_high", "judge_fd", "judge_fd_low",
+           "judge_fd_high", "accuracy"]
+BASELINES = ("cfg", "cfg_half_steps", "interval", "reuse")
+
+
+def runs(n: int) -> dict[str, tuple[str, int]]:
+    """Method -> (sampling mode, sampler steps) at step count n."""
+    return {"cfg": ("cfg", n), "agd": ("agd", n), "cfg_half_steps": ("cfg", max(1, n // 2)),
+            "interval": ("interval", n), "reuse": ("reuse", n)}
+
+
+def row(method: str, steps: int, samples, scores: dict) -> dict:
+    out = {"method": method, "steps": steps, "nfe": samples.nfe, "seconds_per_image": round(samples.seconds, 5),
+           "accuracy": scores.get("accuracy", "")}
+    for name in ("fid", "judge_fd"):
+        if name in scores:
+            d = scores[name]
+            out.update({name: d["value"], f"{name}_low": d["ci_low"], f"{name}_high": d["ci_high"]})
+    return out
+
+
+def write(rows: list[dict], summary: dict) -> None:
+    TABLE.parent.mkdir(parents=True, exist_ok=True)
+    with open(TABLE, "w", newline="") as f:
+        out = csv.DictWriter(f, COLUMNS, restval="")
+        out.writeheader()
+        out.writerows(rows)
+    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def run() -> None:
+    base, traj, train_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate", "nfe"))
+    preflight.writable_all([("NFE table", TABLE, "file"), ("NFE summary", SUMMARY, "file")])
+    if p.num_samples == 0:
+        write([], {})
+        log("nfe: off (nfe.num_samples is 0); turn it on with `dvc exp run -S nfe.num_samples=1000`")
+        return
+    family, adapters, sampler = load_models(base, traj, train_p, ev_p)
+    settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples)
+    ev = Evaluation(family, adapters, settings, sampler)
+    guidance = Guidance(interval=(p.interval[0], p.interval[1]), reuse=p.reuse)
+    w = p.guidance_scale
+    log(f"nfe: {sampler} at {p.steps} steps, w={w:g}: CFG, AGD, CFG at half the steps, guidance interval "
+        f"{p.interval}, unconditional reuse on {p.reuse:.0%} of steps; {p.num_samples} samples each")
+    done: dict[tuple[str, int], object] = {}  # (mode, steps) -> Samples: CFG at N // 2 may be another N's CFG
+
+    def samples(mode: str, steps: int):
+        if (mode, steps) not in done:
+            done[mode, steps] = ev.run(mode, w, num_steps=steps, guidance=guidance, label=f"{mode} {steps} steps")
+        return done[mode, steps]
+
+    rows, summary = [], {}
+    for n in p.steps:
+        got = {method: samples(*how) for method, how in runs(n).items()}
+        rows += [row(method, how[1], got[method], ev.score(got[method])) for method, how in runs(n).items()]
+        versus = {"agd_nfe": got["agd"].nfe}
+        for method in BASELINES:
+            diffs = ev.compare(got["agd"], got[method])
+            versus[f"vs_{method}"] = {"nfe": got[method].nfe, **{k: diffs[k] for k in ("fid_diff", "judge_fd_diff")
+                                                                  if k in diffs}}
+        summary[f"steps{n}"] = versus
+        log(f"nfe: {n} steps {versus}")
+    write(rows, summary)
+    log(f"nfe: wrote {TABLE}, {SUMMARY}")
