@@ -33,6 +33,8 @@ class DagParams:
     # model's classes or the captions file
     evaluate: str = "models/judge"  # what evaluate reads besides model, adapters and FID reference:
     # the digit judge, the evaluation captions, or (DiT) the model itself
+    train_images: str = "data/mnist.npz"  # the real images trajectories.data: forward_noised noises (MNIST
+    # training digits), or the model itself where that ablation is not built
 
 
 @dataclass
@@ -114,6 +116,7 @@ class TrajectoriesParams:
     num_steps: int = 25
     batch_size: int = 64
     output: str = "data/trajectories.zarr"
+    data: str = "trajectories"  # trajectories (AGD) or forward_noised (the paper's ablation; pipeline.forward_noised)
 
 
 @dataclass
@@ -208,6 +211,7 @@ POSITIVE = {
 CHOICES = {
     ("base", "dtype"): ["float32", "bfloat16", "float16"],
     ("train", "architecture"): ["cross_attention", "offset"],
+    ("trajectories", "data"): ["trajectories", "forward_noised"],
     ("train", "autocast"): ["none", "bfloat16", "float16"],
 }
 

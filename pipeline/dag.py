@@ -39,13 +39,13 @@ def expected(params: dict) -> DagParams:
         conditions = model_config(base.path)
         evaluate = JUDGE if embedded else base.path
     return DagParams(mnist=["mnist"] if embedded else [], fid_ref=fid_ref.image_folder or MNIST_DATA,
-                     conditions=conditions, evaluate=evaluate)
+                     conditions=conditions, evaluate=evaluate, train_images=MNIST_DATA if embedded else base.path)
 
 
 def check(params: dict) -> None:
     """Stop when params.yaml's `dag` would wire DVC to other inputs than the stages read."""
     want, have = expected(params), params["dag"]
-    for key in ("mnist", "fid_ref", "conditions", "evaluate"):
+    for key in ("mnist", "fid_ref", "conditions", "evaluate", "train_images"):
         if getattr(have, key) != getattr(want, key):
             raise AGDError(f"params.yaml: dag.{key}", f"is {getattr(have, key)!r} but the {params['base'].backend} "
                            f"settings need {getattr(want, key)!r} (DVC would track the wrong input)",

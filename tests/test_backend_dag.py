@@ -87,7 +87,7 @@ def _switch(project: Path, backend: str, base: str, **sections) -> None:
         doc[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     params = load_all(project / "params.yaml")
-    doc["dag"] = {k: getattr(dag.expected(params), k) for k in ("mnist", "fid_ref", "conditions", "evaluate")}
+    doc["dag"] = {k: getattr(dag.expected(params), k) for k in ("mnist", "fid_ref", "conditions", "evaluate", "train_images")}
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 

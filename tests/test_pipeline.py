@@ -10,7 +10,7 @@ from pipeline.store import TrajectoryStore
 from tests.conftest import dvc, ROOT, agd, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "sweep", "report", "verify", "stores", "sample", "preset"]
+            "evaluate", "sweep", "nfe", "report", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -128,6 +128,32 @@ def test_sweep_is_off_by_default_and_compares_methods_across_scales(tiny_project
         assert diff["ci_low"] <= diff["value"] <= diff["ci_high"] and "correction_captured" in m
     assert "Across guidance scales" in (reports / "results.md").read_text()
     assert Image.open(reports / "sweep.png").width > 100
+
+
+def test_nfe_stage_counts_each_baselines_passes(tiny_project, project_copy):
+    reports = project_copy / "reports"
+    assert json.loads((tiny_project / "reports" / "nfe.json").read_text()) == {}  # off by default
+    # DDIM 5 steps, sigma of its steps: about 8.1, 2.2, 1.0, 0.43, 0.08; the band (0.3, 3.0] guides 3 of them
+    set_params(project_copy, **{"nfe.num_samples": 6, "nfe.inception_samples": 6, "nfe.steps": [2, 5],
+                                "nfe.interval": [0.3, 3.0], "nfe.reuse": 0.5})
+    agd(project_copy, "nfe")
+    agd(project_copy, "report")
+    lines = (reports / "nfe.csv").read_text().splitlines()
+    rows = {(r["method"], int(r["steps"])): r for r in (dict(zip(lines[0].split(","), line.split(",")))
+                                                        for line in lines[1:])}
+    nfe = {key: int(r["nfe"]) for key, r in rows.items()}
+    assert nfe[("cfg", 5)] == 10 and nfe[("agd", 5)] == 5 and nfe[("cfg_half_steps", 2)] == 4
+    assert nfe[("interval", 5)] == 2 * 3 + 2  # guided steps cost two passes, the others one
+    assert nfe[("reuse", 5)] == 10 - 2  # steps 2 and 4 reuse the unconditional output of the step before
+    assert nfe[("cfg", 2)] == 4 and nfe[("agd", 2)] == 2 and nfe[("cfg_half_steps", 1)] == 2
+    assert all(float(r["fid_low"]) <= float(r["fid"]) <= float(r["fid_high"]) for r in rows.values())
+    summary = json.loads((reports / "nfe.json").read_text())
+    assert set(summary) == {"steps2", "steps5"} and summary["steps5"]["agd_nfe"] == 5
+    assert summary["steps5"]["vs_interval"]["nfe"] == 8 and summary["steps5"]["vs_cfg_half_steps"]["nfe"] == 4
+    # CFG at 5 steps and the CFG half of 5 steps (2) are the same runs as at 5 and 2 steps: same figures
+    assert summary["steps2"]["vs_cfg"]["fid_diff"] == summary["steps5"]["vs_cfg_half_steps"]["fid_diff"]
+    assert "Against the cheap-CFG baselines" in (reports / "results.md").read_text()
+    assert Image.open(reports / "nfe.png").width > 100
 
 
 def test_sample_command(tiny_project, tmp_path):

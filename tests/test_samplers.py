@@ -8,7 +8,7 @@ import json
 import torch
 
 from pipeline.backends import load_base
-from pipeline.sampling import family_scheduler, sample
+from pipeline.sampling import Guidance, family_scheduler, noise_levels, nfe, plan_for, sample, step_plan
 from tests.conftest import agd, set_params
 from tests.tiny_models import save_dit_xl_like
 
@@ -58,3 +58,43 @@ def test_evaluation_sampler_differs_from_the_trajectory_sampler(project_copy, ti
     assert new["w3"]["correction_captured"] == old["w3"]["correction_captured"]
     # ... while the samples come from DDPM
     assert new["w3"]["fid_diff"] != old["w3"]["fid_diff"]
+
+
+def _run(family, mode, guidance=Guidance(), scheduler="DDIMScheduler", steps=6):
+    return sample(family, {"labels": torch.tensor([3, 7])}, [5, 6], torch.full((2,), 4.0), scheduler, steps,
+                  mode=mode, guidance=guidance)
+
+
+def test_guidance_interval_is_cfg_over_the_whole_band_and_conditional_outside_it(tmp_path):
+    family = _dit(tmp_path)
+    cfg, cond = _run(family, "cfg"), _run(family, "cond")
+    sigmas = noise_levels(family_scheduler(family, "DDIMScheduler", 6))
+    assert (sigmas[:-1] > sigmas[1:]).all()  # from noise to data
+    everything, nothing = Guidance(interval=(0.0, float("inf"))), Guidance(interval=(1e6, 2e6))
+    assert torch.equal(_run(family, "interval", everything), cfg)
+    assert torch.equal(_run(family, "interval", nothing), cond)
+    band = Guidance(interval=(float(sigmas[4]), float(sigmas[1])))  # (low, high]: steps 1, 2, 3
+    assert plan_for(family, "DDIMScheduler", 6, "interval", band) == ["cond", "cfg", "cfg", "cfg", "cond", "cond"]
+    middle = _run(family, "interval", band)
+    assert not torch.allclose(middle, cfg) and not torch.allclose(middle, cond)
+
+
+def test_unconditional_reuse_is_cfg_when_nothing_is_skipped(tmp_path):
+    family = _dit(tmp_path)
+    cfg = _run(family, "cfg")
+    assert torch.equal(_run(family, "reuse", Guidance(reuse=0.0)), cfg)
+    half = Guidance(reuse=0.5)
+    assert plan_for(family, "DDIMScheduler", 6, "reuse", half) == ["cfg", "cfg", "reuse", "cfg", "reuse", "cfg"]
+    reused = _run(family, "reuse", half)
+    assert not torch.allclose(reused, cfg)  # the stale unconditional output changes the samples ...
+    assert (reused - cfg).abs().mean() < (_run(family, "cond") - cfg).abs().mean()  # ... far less than no guidance
+
+
+def test_nfe_counts_every_pass_spent():
+    sigmas = [9.0, 4.0, 2.0, 1.0, 0.5, 0.1]
+    assert nfe(step_plan("cfg", sigmas)) == 12 and nfe(step_plan("agd", sigmas)) == 6
+    assert nfe(step_plan("cond", sigmas)) == 6
+    assert nfe(step_plan("interval", sigmas, Guidance(interval=(0.3, 3.0)))) == 3 * 2 + 3
+    assert nfe(step_plan("reuse", sigmas, Guidance(reuse=0.5))) == 12 - 2
+    assert step_plan("reuse", sigmas, Guidance(reuse=0.9))[0] == "cfg"  # the first step has nothing to reuse
+    assert nfe(step_plan("reuse", sigmas, Guidance(reuse=0.9))) == 12 - 4

@@ -1,4 +1,6 @@
-"""Stage `trajectories`: CFG-guided sampling trajectories of the frozen base, into the Zarr store.
+"""Stage `trajectories`: CFG-guided sampling trajectories of the frozen base, into the Zarr store
+(or, with `trajectories.data: forward_noised`, the paper's ablation: real images noised to the
+sampler's timesteps with CFG's output there, in the same format; pipeline.forward_noised).
 
 Resumable: trajectories are made in fixed batches; a re-run skips every finished trajectory
 and recomputes only unfinished batches (whole batches, so results do not depend on where a
@@ -18,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import __version__, devices, preflight, shelf
+from pipeline import __version__, devices, forward_noised, preflight, shelf
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.errors import AGDError
@@ -44,7 +46,7 @@ def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
     scheduler = family_scheduler(family, traj_params.scheduler, traj_params.num_steps,
                                  key="params.yaml: trajectories.num_steps")
     cond_sha = hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
-    return {
+    attrs = {
         "base": family.content_identity(),
         "scheduler": traj_params.scheduler,
         "scheduler_config": _jsonable(scheduler.config),
@@ -54,15 +56,20 @@ def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
         "conditions_sha256": cond_sha,
         "prediction_type": family.scheduler_config.get("prediction_type", "epsilon"),
     }
+    if traj_params.data != "trajectories":  # stores of sampling trajectories keep the attributes they had
+        attrs["data"] = traj_params.data
+    return attrs
 
 
 # Attributes that must match for a store to be resumed, trained on or verified against params.
-PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256")
+PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "data")
 
 
 def _comparable(key: str, value):
     if key == "base" and isinstance(value, dict):  # stores of earlier versions also recorded the path
         return {k: value.get(k) for k in ("backend", "fingerprint")}
+    if key == "data":  # a store without the attribute holds sampling trajectories
+        return value or "trajectories"
     return value
 
 
@@ -110,8 +117,22 @@ def _repair(store: TrajectoryStore) -> None:
         store.unmark(sorted(damaged))
 
 
+def _cfg_trajectories(family, p, cond: dict, seeds, w: torch.Tensor) -> dict[str, np.ndarray]:
+    """The store's per-trajectory arrays for a batch: every model input of the CFG sampler and CFG's output."""
+    xs, outs = [], []
+
+    def record(step, x_t, t, out):
+        xs.append(x_t.float().cpu())
+        outs.append(out.float().cpu())
+
+    sample(family, cond, seeds, w, p.scheduler, p.num_steps, mode="cfg", record=record)
+    return {"x": torch.stack(xs, 1).numpy(), "target": torch.stack(outs, 1).numpy()}
+
+
 def run() -> None:
     base, p = load_section("base"), load_section("trajectories")
+    if p.data == "forward_noised":
+        forward_noised.require_backend(base.backend)
     cond_doc = conditions_stage.read()
     family = load_base(**asdict(base))
     if cond_doc["backend"] != family.spec.name:
@@ -122,6 +143,7 @@ def run() -> None:
     w_all = np.array([i["w"] for i in items], np.float32)
     seeds = np.array([i["seed"] for i in items], np.int64)
     cond_all = family.condition_arrays(items)
+    images = forward_noised.training_images(family, items) if p.data == "forward_noised" else None
     family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
     attrs = expected_attrs(family, p, cond_doc)
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
@@ -143,20 +165,18 @@ def run() -> None:
         todo = [range(s, min(s + p.batch_size, n)) for s in range(0, n, p.batch_size)]
         todo = [b for b in todo if not done[list(b)].all()]
         log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {int((~done).sum())} to make "
-            f"({p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
+            f"({p.data}, {p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
         with Tracker("trajectories", n, start=int(done.sum())) as tracker:
             for batch in todo:
                 idx = list(batch)
                 cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
-                xs, outs = [], []
-
-                def record(step, x_t, t, out):
-                    xs.append(x_t.float().cpu())
-                    outs.append(out.float().cpu())
-
-                sample(family, cond, seeds[idx], torch.from_numpy(w_all[idx]), p.scheduler, p.num_steps,
-                       mode="cfg", record=record)
-                arrays = {"x": torch.stack(xs, 1).numpy(), "target": torch.stack(outs, 1).numpy()}
+                w = torch.from_numpy(w_all[idx])
+                if images is None:
+                    arrays = _cfg_trajectories(family, p, cond, seeds[idx], w)
+                else:
+                    scheduler = family_scheduler(family, p.scheduler, p.num_steps)
+                    arrays = forward_noised.states_and_targets(family, scheduler, torch.from_numpy(images[idx]),
+                                                               cond, seeds[idx], w)
                 missing = [row for row, i in enumerate(idx) if not done[i]]
                 store.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
                 tracker.advance(len(missing))
