@@ -141,6 +141,15 @@ def nfe() -> None:
 
 
 @app.command()
+def samplers() -> None:
+    """The trained adapters under other samplers and step counts (samplers.settings), each against CFG under
+    the same sampler, with intervals and correction captured; off unless samplers.num_samples > 0."""
+    from pipeline.stages import samplers as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit

@@ -180,6 +180,27 @@ class NfeParams:
     inception_samples: int = 100  # Inception FID on the first N of them (0: all)
 
 
+@dataclass
+class SamplersParams:
+    """The adapters under other samplers and step counts than their trajectories' (the `samplers` stage);
+    off by default."""
+
+    guidance_scale: float = 3.0
+    settings: list[str] = field(default_factory=lambda: ["DDIMScheduler:50", "EulerDiscreteScheduler:10",
+                                                         "DPMSolverMultistepScheduler:10",
+                                                         "DPMSolverMultistepScheduler:50"])  # "Scheduler:steps"
+    num_samples: int = 0  # per method and setting; 0: the stage is off
+    inception_samples: int = 100  # Inception FID on the first N of them (0: all)
+
+
+def parse_setting(text: str, where: str) -> tuple[str, int]:
+    """"DDIMScheduler:50" -> ("DDIMScheduler", 50)."""
+    name, _, steps = text.partition(":")
+    if not name or not steps.strip().isdigit() or int(steps) <= 0:
+        raise AGDError(where, f"expected \"SchedulerClass:steps\", got {text!r}", "write e.g. DDIMScheduler:50")
+    return name.strip(), int(steps)
+
+
 SECTIONS: dict[str, type] = {
     "dag": DagParams,
     "base": BaseParams,
@@ -193,6 +214,7 @@ SECTIONS: dict[str, type] = {
     "evaluate": EvaluateParams,
     "sweep": SweepParams,
     "nfe": NfeParams,
+    "samplers": SamplersParams,
 }
 
 # Values that must be positive, by section and key.
@@ -339,6 +361,11 @@ def _check_relations(name: str, p, path: Path) -> None:
             raise AGDError(f"{where}.reuse", f"must be in [0, 1), got {p.reuse}", "use e.g. 0.5 (every other step)")
         if p.guidance_scale < 0:
             raise AGDError(f"{where}.guidance_scale", "must not be negative", "use w >= 0")
+    if name == "samplers":
+        if p.num_samples < 0 or p.inception_samples < 0:
+            raise AGDError(f"{where}.num_samples", "sample counts must not be negative", "use 0 (off) or e.g. 500")
+        for i, text in enumerate(p.settings):
+            parse_setting(text, f"{where}.settings[{i}]")
     if name == "fid_ref" and p.features_kept < 0:
         raise AGDError(f"{where}.features_kept", f"must not be negative, got {p.features_kept}", "use 0 (all) or a count")
     if name == "fid_ref" and p.num_images < 0:

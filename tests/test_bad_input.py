@@ -135,6 +135,8 @@ CASES = [
     ("width-not-divisible", params(**{"train.width": 15}), "train", "not divisible by heads"),
     ("sweep-negative-samples", params(**{"sweep.num_samples": -1}), "sweep", "must not be negative"),
     ("nfe-band-reversed", params(**{"nfe.interval": [3.0, 0.3]}), "nfe", "nfe.interval: expected [low, high]"),
+    ("samplers-setting-without-steps", params(**{"samplers.settings": ["DDIMScheduler"]}), "samplers",
+     "samplers.settings[0]: expected \"SchedulerClass:steps\""),
     ("nfe-reuse-all", params(**{"nfe.reuse": 1.0}), "nfe", "nfe.reuse: must be in [0, 1)"),
     ("unknown-train-data", params(**{"trajectories.data": "noised"}), "trajectories", "unknown value 'noised'"),
     ("forward-noised-real-backend", params(**{"trajectories.data": "forward_noised", "base.backend": "sdxl"}),

@@ -10,7 +10,7 @@ from pipeline.store import TrajectoryStore
 from tests.conftest import dvc, ROOT, agd, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "sweep", "nfe", "report", "verify", "stores", "sample", "preset"]
+            "evaluate", "sweep", "nfe", "samplers", "report", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -150,10 +150,34 @@ def test_nfe_stage_counts_each_baselines_passes(tiny_project, project_copy):
     summary = json.loads((reports / "nfe.json").read_text())
     assert set(summary) == {"steps2", "steps5"} and summary["steps5"]["agd_nfe"] == 5
     assert summary["steps5"]["vs_interval"]["nfe"] == 8 and summary["steps5"]["vs_cfg_half_steps"]["nfe"] == 4
-    # CFG at 5 steps and the CFG half of 5 steps (2) are the same runs as at 5 and 2 steps: same figures
-    assert summary["steps2"]["vs_cfg"]["fid_diff"] == summary["steps5"]["vs_cfg_half_steps"]["fid_diff"]
+    # CFG at half of 5 steps is the run of CFG at 2 steps: the same figures
+    assert rows[("cfg_half_steps", 2)]["fid"] == rows[("cfg", 2)]["fid"]
     assert "Against the cheap-CFG baselines" in (reports / "results.md").read_text()
     assert Image.open(reports / "nfe.png").width > 100
+
+
+def test_samplers_stage_compares_agd_and_cfg_under_each_sampler(tiny_project, project_copy):
+    reports = project_copy / "reports"
+    assert json.loads((tiny_project / "reports" / "samplers.json").read_text()) == {}  # off by default
+    set_params(project_copy, **{"samplers.num_samples": 6, "samplers.inception_samples": 6,
+                                "samplers.settings": ["DDIMScheduler:5", "EulerDiscreteScheduler:3"]})
+    agd(project_copy, "samplers")
+    agd(project_copy, "report")
+    lines = (reports / "samplers.csv").read_text().splitlines()
+    rows = [dict(zip(lines[0].split(","), line.split(","))) for line in lines[1:]]
+    assert [(r["setting"], r["method"], r["trained_on"]) for r in rows] == [
+        ("DDIM_5", "cfg", "True"), ("DDIM_5", "agd", "True"), ("Euler_3", "cfg", "False"), ("Euler_3", "agd", "False")]
+    summary = json.loads((reports / "samplers.json").read_text())
+    # under the trajectories' own sampler, captured is the evaluate stage's figure (same held-out trajectories)
+    metrics = json.loads((tiny_project / "reports" / "metrics.json").read_text())
+    assert summary["DDIM_5"]["correction_captured"] == metrics["w3"]["correction_captured"]
+    assert summary["Euler_3"]["correction_captured"] != summary["DDIM_5"]["correction_captured"]
+    for m in summary.values():
+        assert m["fid_diff"]["ci_low"] <= m["fid_diff"]["value"] <= m["fid_diff"]["ci_high"]
+    assert "Under other samplers" in (reports / "results.md").read_text()
+    set_params(project_copy, **{"samplers.settings": ["DDIMScheduler:5", "NoSuchScheduler:3"]})
+    done = agd(project_copy, "samplers", check=False)
+    assert done.returncode == 2 and "not a diffusers scheduler class" in done.stderr
 
 
 def test_sample_command(tiny_project, tmp_path):

@@ -21,12 +21,10 @@ AGD minus each baseline, paired by seed and condition: `dvc metrics diff` reads 
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import preflight
+from pipeline import preflight, tables
 from pipeline.config import load_section
 from pipeline.evaluation import Evaluation, load_models
 from pipeline.progress import log
@@ -34,8 +32,7 @@ from pipeline.sampling import Guidance
 
 TABLE = Path("reports/nfe.csv")
 SUMMARY = Path("reports/nfe.json")
-COLUMNS = ["method", "steps", "nfe", "seconds_per_image", "fid", "fid_low", "fid_high", "judge_fd", "judge_fd_low",
-           "judge_fd_high", "accuracy"]
+COLUMNS = ["method", "steps", "nfe", "seconds_per_image", *tables.QUALITY_COLUMNS]
 BASELINES = ("cfg", "cfg_half_steps", "interval", "reuse")
 
 
@@ -46,29 +43,15 @@ def runs(n: int) -> dict[str, tuple[str, int]]:
 
 
 def row(method: str, steps: int, samples, scores: dict) -> dict:
-    out = {"method": method, "steps": steps, "nfe": samples.nfe, "seconds_per_image": round(samples.seconds, 5),
-           "accuracy": scores.get("accuracy", "")}
-    for name in ("fid", "judge_fd"):
-        if name in scores:
-            d = scores[name]
-            out.update({name: d["value"], f"{name}_low": d["ci_low"], f"{name}_high": d["ci_high"]})
-    return out
-
-
-def write(rows: list[dict], summary: dict) -> None:
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with open(TABLE, "w", newline="") as f:
-        out = csv.DictWriter(f, COLUMNS, restval="")
-        out.writeheader()
-        out.writerows(rows)
-    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    return {"method": method, "steps": steps, "nfe": samples.nfe, "seconds_per_image": round(samples.seconds, 5),
+            **tables.quality_cells(scores)}
 
 
 def run() -> None:
     base, traj, train_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate", "nfe"))
     preflight.writable_all([("NFE table", TABLE, "file"), ("NFE summary", SUMMARY, "file")])
     if p.num_samples == 0:
-        write([], {})
+        tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("nfe: off (nfe.num_samples is 0); turn it on with `dvc exp run -S nfe.num_samples=1000`")
         return
     family, adapters, sampler = load_models(base, traj, train_p, ev_p)
@@ -91,10 +74,8 @@ def run() -> None:
         rows += [row(method, how[1], got[method], ev.score(got[method])) for method, how in runs(n).items()]
         versus = {"agd_nfe": got["agd"].nfe}
         for method in BASELINES:
-            diffs = ev.compare(got["agd"], got[method])
-            versus[f"vs_{method}"] = {"nfe": got[method].nfe, **{k: diffs[k] for k in ("fid_diff", "judge_fd_diff")
-                                                                  if k in diffs}}
+            versus[f"vs_{method}"] = {"nfe": got[method].nfe, **tables.versus(ev.compare(got["agd"], got[method]))}
         summary[f"steps{n}"] = versus
         log(f"nfe: {n} steps {versus}")
-    write(rows, summary)
+    tables.write(TABLE, COLUMNS, rows, SUMMARY, summary)
     log(f"nfe: wrote {TABLE}, {SUMMARY}")

@@ -13,22 +13,26 @@ DISTILLATION_PNG = Path("reports/distillation.png")
 SCALES_PNG = Path("reports/scales.png")
 SWEEP_PNG = Path("reports/sweep.png")
 NFE_PNG = Path("reports/nfe.png")
+SAMPLERS_PNG = Path("reports/samplers.png")
 
 
 def run(readme: bool = False) -> None:
     preflight.writable_all([("results", RESULTS, "file"), ("figure", DISTILLATION_PNG, "file"),
                             ("figure", SCALES_PNG, "file"), ("figure", SWEEP_PNG, "file"),
-                            ("figure", NFE_PNG, "file")])
+                            ("figure", NFE_PNG, "file"), ("figure", SAMPLERS_PNG, "file")])
     sweep, nfe = report_experiments.sweep_table(), report_experiments.nfe_table()
+    samplers = report_experiments.samplers_table()
     text = (report.table() + ("\nAcross guidance scales (the sweep stage):\n\n" + sweep if sweep else "")
-            + ("\nAgainst the cheap-CFG baselines (the nfe stage). " + nfe if nfe else ""))
+            + ("\nAgainst the cheap-CFG baselines (the nfe stage). " + nfe if nfe else "")
+            + ("\nUnder other samplers and step counts (the samplers stage):\n\n" + samplers if samplers else ""))
     RESULTS.write_text(text)
     report.plot_distillation(DISTILLATION_PNG)
     report.plot_scales(SCALES_PNG)
     cond = load_section("conditions")
     report_experiments.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
     report_experiments.plot_nfe(NFE_PNG)
-    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}, {NFE_PNG}")
+    report_experiments.plot_samplers(SAMPLERS_PNG)
+    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}, {NFE_PNG}, {SAMPLERS_PNG}")
     if readme:
         if not report.update_readme(text):
             from pipeline.errors import AGDError

@@ -14,12 +14,10 @@ reports/sweep.png with the training range shaded.
 
 from __future__ import annotations
 
-import csv
-import json
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import distill, preflight
+from pipeline import distill, preflight, tables
 from pipeline.config import load_section
 from pipeline.evaluation import Evaluation, held_out, load_models
 from pipeline.progress import log
@@ -27,26 +25,11 @@ from pipeline.stages.evaluate import scale_key
 
 TABLE = Path("reports/sweep.csv")
 SUMMARY = Path("reports/sweep.json")
-COLUMNS = ["method", "w", "in_training_range", "fid", "fid_low", "fid_high", "judge_fd", "judge_fd_low",
-           "judge_fd_high", "accuracy"]
+COLUMNS = ["method", "w", "in_training_range", *tables.QUALITY_COLUMNS]
 
 
 def row(method: str, w: float, in_range: bool, scores: dict) -> dict:
-    out = {"method": method, "w": f"{w:g}", "in_training_range": in_range, "accuracy": scores.get("accuracy", "")}
-    for name in ("fid", "judge_fd"):
-        if name in scores:
-            d = scores[name]
-            out.update({name: d["value"], f"{name}_low": d["ci_low"], f"{name}_high": d["ci_high"]})
-    return out
-
-
-def write(rows: list[dict], summary: dict) -> None:
-    TABLE.parent.mkdir(parents=True, exist_ok=True)
-    with open(TABLE, "w", newline="") as f:
-        out = csv.DictWriter(f, COLUMNS, restval="")
-        out.writeheader()
-        out.writerows(rows)
-    SUMMARY.write_text(json.dumps(summary, indent=2) + "\n")
+    return {"method": method, "w": f"{w:g}", "in_training_range": in_range, **tables.quality_cells(scores)}
 
 
 def run() -> None:
@@ -54,7 +37,7 @@ def run() -> None:
                                                                         "evaluate", "sweep"))
     preflight.writable_all([("sweep table", TABLE, "file"), ("sweep summary", SUMMARY, "file")])
     if p.num_samples == 0:
-        write([], {})
+        tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("sweep: off (sweep.num_samples is 0); turn it on with `dvc exp run -S sweep.num_samples=500`")
         return
     family, adapters, sampler = load_models(base, traj, train_p, ev_p)
@@ -69,12 +52,12 @@ def run() -> None:
         in_range = bool(cond_p.w_min <= w <= cond_p.w_max)
         cfg, agd = ev.run("cfg", w), ev.run("agd", w)
         rows += [row("cfg", w, in_range, ev.score(cfg)), row("agd", w, in_range, ev.score(agd))]
-        versus = {k: v for k, v in ev.compare(agd, cfg).items() if k in ("fid_diff", "judge_fd_diff")}
+        versus = tables.versus(ev.compare(agd, cfg))
         if rows[-1]["accuracy"] != "":  # a judge exists
             versus["accuracy_gap"] = round(rows[-1]["accuracy"] - rows[-2]["accuracy"], 4)
         total, _ = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler, traj.num_steps)
         versus.update({k: v for k, v in total.items() if k != "correction_defined"}, in_training_range=in_range)
         summary[scale_key(w)] = versus
         log(f"sweep: w={w:g} {versus}")
-    write(rows, summary)
+    tables.write(TABLE, COLUMNS, rows, SUMMARY, summary)
     log(f"sweep: wrote {TABLE}, {SUMMARY}")
