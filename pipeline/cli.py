@@ -150,6 +150,15 @@ def samplers() -> None:
 
 
 @app.command()
+def transfer() -> None:
+    """Adapters trained on the base applied unchanged to a fine-tuned copy of it, per adapter width: how much
+    of CFG's correction they still capture; off unless transfer.finetune_steps > 0 (params.yaml: transfer)."""
+    from pipeline.stages import transfer as stage
+
+    _guard(stage.run)
+
+
+@app.command()
 def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit

@@ -193,6 +193,21 @@ class SamplersParams:
     inception_samples: int = 100  # Inception FID on the first N of them (0: all)
 
 
+@dataclass
+class TransferParams:
+    """Adapters trained on the base, applied unchanged to a fine-tuned copy of it (the `transfer` stage);
+    off by default. The embedded default only."""
+
+    finetune_steps: int = 0  # the derived model: the base trained this many steps further; 0: the stage is off
+    finetune_digits: list[int] = field(default_factory=lambda: [0, 1, 2, 3, 4])  # on these digits only
+    finetune_lr: float = 3e-4
+    finetune_batch_size: int = 128
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128])  # adapter widths compared
+    adapter_steps: int = 500  # training steps of each width's adapters (the train section's recipe otherwise)
+    guidance_scale: float = 3.0
+    output: str = "models/transfer"
+
+
 def parse_setting(text: str, where: str) -> tuple[str, int]:
     """"DDIMScheduler:50" -> ("DDIMScheduler", 50)."""
     name, _, steps = text.partition(":")
@@ -215,6 +230,7 @@ SECTIONS: dict[str, type] = {
     "sweep": SweepParams,
     "nfe": NfeParams,
     "samplers": SamplersParams,
+    "transfer": TransferParams,
 }
 
 # Values that must be positive, by section and key.
@@ -229,6 +245,7 @@ POSITIVE = {
     "train": ["width", "heads", "fourier_features", "steps", "batch_size", "lr",
               "buffer_trajectories", "checkpoint_every"],
     "evaluate": ["num_samples", "num_steps", "batch_size", "held_out_trajectories", "bootstrap"],
+    "transfer": ["finetune_lr", "finetune_batch_size", "adapter_steps"],
 }
 CHOICES = {
     ("base", "dtype"): ["float32", "bfloat16", "float16"],
@@ -366,6 +383,15 @@ def _check_relations(name: str, p, path: Path) -> None:
             raise AGDError(f"{where}.num_samples", "sample counts must not be negative", "use 0 (off) or e.g. 500")
         for i, text in enumerate(p.settings):
             parse_setting(text, f"{where}.settings[{i}]")
+    if name == "transfer":
+        if p.finetune_steps < 0:
+            raise AGDError(f"{where}.finetune_steps", f"must not be negative, got {p.finetune_steps}",
+                           "use 0 (off) or e.g. 400")
+        if not p.finetune_digits or any(not 0 <= d <= 9 for d in p.finetune_digits):
+            raise AGDError(f"{where}.finetune_digits", f"expected digits 0-9, got {p.finetune_digits}",
+                           "use e.g. [0, 1, 2, 3, 4]")
+        if any(w <= 0 for w in p.widths):
+            raise AGDError(f"{where}.widths", f"adapter widths must be positive, got {p.widths}", "use e.g. [16, 64]")
     if name == "fid_ref" and p.features_kept < 0:
         raise AGDError(f"{where}.features_kept", f"must not be negative, got {p.features_kept}", "use 0 (all) or a count")
     if name == "fid_ref" and p.num_images < 0:

@@ -150,3 +150,42 @@ def plot_samplers(out: Path) -> None:
     fig.suptitle("CFG and AGD under other samplers and step counts")
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def transfer_table(path: Path = REPORTS / "transfer.json") -> str:
+    """Correction captured per adapter width, on the base and on the derived model; "" when off."""
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    if not summary:
+        return ""
+    lines = ["| adapter width | parameters | captured on the base | on the derived model | retained |"
+             " cosine base / derived | gain base / derived |", "|---|---|---|---|---|---|---|"]
+    for key in sorted(summary, key=lambda k: int(k[5:])):
+        m = summary[key]
+        b, d = m["base"], m["derived"]
+        lines.append(f"| {key[5:]} | {m['parameters']:,} | {b['captured']:.3f} | {d['captured']:.3f} | "
+                     f"{m['retained']:.3f} | {b['cosine']:.3f} / {d['cosine']:.3f} | {b['gain']:.3f} / {d['gain']:.3f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_transfer(out: Path) -> None:
+    """Correction captured against adapter parameters, on the base and on the derived model."""
+    plt = _pyplot()
+    rows = _rows("transfer.csv")
+    fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
+    if not rows:
+        ax.text(0.5, 0.5, "transfer stage off: dvc exp run -S transfer.finetune_steps=400", ha="center", va="center")
+        ax.set_axis_off()
+    else:
+        for model, label in (("base", "on the base they were trained on"), ("derived", "on the fine-tuned model")):
+            mine = sorted((r for r in rows if r["model"] == model), key=lambda r: int(r["parameters"]))
+            ax.plot([int(r["parameters"]) for r in mine], [float(r["captured"]) for r in mine], marker="o", label=label)
+            for r in mine:
+                ax.annotate(f"w{r['width']}", (int(r["parameters"]), float(r["captured"])), fontsize=7,
+                            textcoords="offset points", xytext=(3, 3))
+        ax.set_xscale("log")
+        ax.set_xlabel("adapter parameters")
+        ax.set_ylabel("correction captured")
+        ax.legend()
+    fig.suptitle("Adapters applied unchanged to a fine-tuned base")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -42,6 +42,27 @@ def build_scheduler():
                          prediction_type="epsilon", set_alpha_to_one=False)
 
 
+def min_snr_weight(scheduler, gamma: float) -> torch.Tensor:
+    """Min-SNR-gamma loss weight per timestep, for epsilon prediction."""
+    alphas = scheduler.alphas_cumprod
+    snr = alphas / (1 - alphas)
+    return torch.clamp(snr, max=gamma) / snr
+
+
+def denoising_loss(model, scheduler, weight, x_all, y_all, batch_size: int, label_drop: float, gen, device):
+    """One batch of the base's training loss: random digits, one label drop per sample (for CFG), random
+    timesteps, noise from the seeded generator on the CPU (device-independent data)."""
+    idx = torch.randint(len(x_all), (batch_size,), generator=gen)
+    x0, y = x_all[idx], y_all[idx].clone()
+    y[torch.rand(batch_size, generator=gen) < label_drop] = NUM_CLASSES
+    t = torch.randint(0, 1000, (batch_size,), generator=gen)
+    noise = torch.randn(x0.shape, generator=gen)
+    xt = scheduler.add_noise(x0, noise, t)
+    xt, t, y, noise = xt.to(device), t.to(device), y.to(device), noise.to(device)
+    pred = model(xt, timestep=t, class_labels=y).sample
+    return (weight[t] * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+
+
 def run(data_dir: Path = Path("data")) -> None:
     p = load_section("pretrain")
     resolution = load_section("prepare").resolution
@@ -57,9 +78,7 @@ def run(data_dir: Path = Path("data")) -> None:
     model.eval()  # no dropout inside; the label drop below is the only stochastic part
     ema = copy.deepcopy(model).requires_grad_(False)
     scheduler = build_scheduler()
-    alphas = scheduler.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    weight = (torch.clamp(snr, max=p.min_snr_gamma) / snr).to(device)  # Min-SNR-gamma for epsilon prediction
+    weight = min_snr_weight(scheduler, p.min_snr_gamma).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=0.0)
     gen = torch.Generator().manual_seed(p.seed)
     step = 0
@@ -77,17 +96,9 @@ def run(data_dir: Path = Path("data")) -> None:
     losses = []
     with Tracker("pretrain", p.steps, start=step, every_s=30) as tracker:
         while step < p.steps:
-            idx = torch.randint(len(x_all), (p.batch_size,), generator=gen)
-            x0, y = x_all[idx], y_all[idx].clone()
-            y[torch.rand(p.batch_size, generator=gen) < p.label_drop] = NUM_CLASSES
-            t = torch.randint(0, 1000, (p.batch_size,), generator=gen)
-            noise = torch.randn(x0.shape, generator=gen)
-            xt = scheduler.add_noise(x0, noise, t)  # on the CPU, from the seeded generator: device-independent data
-            xt, t, y, noise = xt.to(device), t.to(device), y.to(device), noise.to(device)
             for group in opt.param_groups:
                 group["lr"] = warmup_cosine(step, p.steps, p.warmup_steps, p.lr, final_fraction=0.1)
-            pred = model(xt, timestep=t, class_labels=y).sample
-            loss = (weight[t] * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
+            loss = denoising_loss(model, scheduler, weight, x_all, y_all, p.batch_size, p.label_drop, gen, device)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

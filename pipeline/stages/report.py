@@ -14,17 +14,18 @@ SCALES_PNG = Path("reports/scales.png")
 SWEEP_PNG = Path("reports/sweep.png")
 NFE_PNG = Path("reports/nfe.png")
 SAMPLERS_PNG = Path("reports/samplers.png")
+TRANSFER_PNG = Path("reports/transfer.png")
+FIGURES = (DISTILLATION_PNG, SCALES_PNG, SWEEP_PNG, NFE_PNG, SAMPLERS_PNG, TRANSFER_PNG)
 
 
 def run(readme: bool = False) -> None:
-    preflight.writable_all([("results", RESULTS, "file"), ("figure", DISTILLATION_PNG, "file"),
-                            ("figure", SCALES_PNG, "file"), ("figure", SWEEP_PNG, "file"),
-                            ("figure", NFE_PNG, "file"), ("figure", SAMPLERS_PNG, "file")])
+    preflight.writable_all([("results", RESULTS, "file")] + [("figure", f, "file") for f in FIGURES])
     sweep, nfe = report_experiments.sweep_table(), report_experiments.nfe_table()
-    samplers = report_experiments.samplers_table()
+    samplers, transfer = report_experiments.samplers_table(), report_experiments.transfer_table()
     text = (report.table() + ("\nAcross guidance scales (the sweep stage):\n\n" + sweep if sweep else "")
             + ("\nAgainst the cheap-CFG baselines (the nfe stage). " + nfe if nfe else "")
-            + ("\nUnder other samplers and step counts (the samplers stage):\n\n" + samplers if samplers else ""))
+            + ("\nUnder other samplers and step counts (the samplers stage):\n\n" + samplers if samplers else "")
+            + ("\nApplied unchanged to a fine-tuned base (the transfer stage):\n\n" + transfer if transfer else ""))
     RESULTS.write_text(text)
     report.plot_distillation(DISTILLATION_PNG)
     report.plot_scales(SCALES_PNG)
@@ -32,7 +33,8 @@ def run(readme: bool = False) -> None:
     report_experiments.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
     report_experiments.plot_nfe(NFE_PNG)
     report_experiments.plot_samplers(SAMPLERS_PNG)
-    log(f"report: {RESULTS}, {DISTILLATION_PNG}, {SCALES_PNG}, {SWEEP_PNG}, {NFE_PNG}, {SAMPLERS_PNG}")
+    report_experiments.plot_transfer(TRANSFER_PNG)
+    log(f"report: {RESULTS}, {', '.join(str(f) for f in FIGURES)}")
     if readme:
         if not report.update_readme(text):
             from pipeline.errors import AGDError

@@ -8,6 +8,7 @@ resumes where it stopped and ends at the configured step count.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from dataclasses import asdict
@@ -59,19 +60,18 @@ def open_store_for(family, traj_params) -> TrajectoryStore:
     return store
 
 
-def run() -> None:
-    base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
-    preflight.writable_all([("params.yaml: train.output", p.output, "folder"), ("checkpoint", CHECKPOINT, "file"),
-                            ("report", REPORT, "file"), ("loss curve", LIVE_DIR, "folder")])
-    family = load_base(**asdict(base))
-    log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}")
-    store = open_store_for(family, traj)
+def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKPOINT, on_start=None, on_step=None,
+        label: str = "train") -> tuple[AdapterSet, list[float], dict]:
+    """Train adapters with settings p (TrainParams) on the store; resumes from checkpoint_path when it
+    holds this run (None: no checkpoints). on_start(first_step) runs before the first step (0 unless
+    resumed), on_step(step, losses, lr) after every step.
+    Returns the adapters (attached to family), the loss per step and their size summary."""
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
                           p.w_gate).attach(family)
     if p.gradient_checkpointing:
         family.denoiser.enable_gradient_checkpointing()
     summary = adapters.summary()
-    log(f"train: {p.architecture} adapters on {summary['modules']} modules: {summary['parameters']:,} parameters "
+    log(f"{label}: {p.architecture} adapters on {summary['modules']} modules: {summary['parameters']:,} parameters "
         f"= {summary['percent_of_base']:.2f} % of the base's {summary['base_parameters']:,}")
     opt = torch.optim.Adam(adapters.parameters(), lr=p.lr, weight_decay=0.0)
     batches = ShuffleBuffer(store, p.batch_size, p.buffer_trajectories, p.seed)
@@ -79,20 +79,19 @@ def run() -> None:
     run_id = hashlib.sha256(json.dumps([asdict(p), store.attrs.get("conditions_sha256"),
                                         family.fingerprint]).encode()).hexdigest()[:16]
     step, losses = 0, []
-    state = checkpoint.load(CHECKPOINT)
+    state = checkpoint.load(checkpoint_path) if checkpoint_path is not None else None
     if state is not None and state.get("run_id") == run_id:
         adapters.load_state_dict(state["adapters"])
         opt.load_state_dict(state["opt"])
         batches.restore(state["data"])
         checkpoint.set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
-        log(f"train: resuming from {CHECKPOINT} at step {step}")
+        log(f"{label}: resuming from {checkpoint_path} at step {step}")
     autocast = DTYPES.get(p.autocast) if p.autocast != "none" else None
     warmup = int(p.warmup_fraction * p.steps)
-    from dvclive import Live
-
-    with Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False, resume=step > 0) as live, \
-            Tracker("train", p.steps, start=step) as tracker:
+    if on_start is not None:
+        on_start(step)
+    with Tracker(label, p.steps, start=step) as tracker:
         while step < p.steps:
             lr = warmup_cosine(step, p.steps, warmup, p.lr)
             for group in opt.param_groups:
@@ -113,15 +112,39 @@ def run() -> None:
             step += 1
             losses.append(loss.item())
             tracker.advance(1, loss=sum(losses[-20:]) / len(losses[-20:]), lr=lr)
+            if on_step is not None:
+                on_step(step, losses, lr)
+            if checkpoint_path is not None and step % p.checkpoint_every == 0 and step < p.steps:
+                checkpoint.save(checkpoint_path, {"run_id": run_id, "adapters": adapters.state_dict(),
+                                                  "opt": opt.state_dict(), "data": batches.state(),
+                                                  "rng": checkpoint.rng_state(), "step": step, "losses": losses})
+    return adapters, losses, summary
+
+
+def run() -> None:
+    base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
+    preflight.writable_all([("params.yaml: train.output", p.output, "folder"), ("checkpoint", CHECKPOINT, "file"),
+                            ("report", REPORT, "file"), ("loss curve", LIVE_DIR, "folder")])
+    family = load_base(**asdict(base))
+    log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}")
+    store = open_store_for(family, traj)
+    from dvclive import Live
+
+    with contextlib.ExitStack() as stack:
+        live = []  # opened once fit knows whether it resumes (the loss curve then continues)
+
+        def on_start(step):
+            live.append(stack.enter_context(Live(dir=str(LIVE_DIR), dvcyaml=None, save_dvc_exp=False,
+                                                 resume=step > 0)))
+
+        def on_step(step, losses, lr):
             if step % 10 == 0 or step == p.steps:
-                live.step = step
-                live.log_metric("loss", sum(losses[-10:]) / len(losses[-10:]))
-                live.log_metric("lr", lr)
-                live.next_step()
-            if step % p.checkpoint_every == 0 and step < p.steps:
-                checkpoint.save(CHECKPOINT, {"run_id": run_id, "adapters": adapters.state_dict(), "opt": opt.state_dict(),
-                                             "data": batches.state(), "rng": checkpoint.rng_state(), "step": step,
-                                             "losses": losses})
+                live[0].step = step
+                live[0].log_metric("loss", sum(losses[-10:]) / len(losses[-10:]))
+                live[0].log_metric("lr", lr)
+                live[0].next_step()
+
+        adapters, losses, summary = fit(family, store, p, CHECKPOINT, on_start, on_step)
     adapters.save(Path(p.output))
     first = sum(losses[:20]) / min(len(losses), 20)
     final = sum(losses[-20:]) / min(len(losses), 20)
