@@ -10,7 +10,7 @@ from pipeline.store import TrajectoryStore
 from tests.conftest import dvc, ROOT, agd, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "sweep", "nfe", "samplers", "report", "verify", "stores", "sample", "preset"]
+            "evaluate", "sweep", "nfe", "samplers", "transfer", "report", "verify", "stores", "sample", "preset"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -178,6 +178,31 @@ def test_samplers_stage_compares_agd_and_cfg_under_each_sampler(tiny_project, pr
     set_params(project_copy, **{"samplers.settings": ["DDIMScheduler:5", "NoSuchScheduler:3"]})
     done = agd(project_copy, "samplers", check=False)
     assert done.returncode == 2 and "not a diffusers scheduler class" in done.stderr
+
+
+def test_transfer_stage_applies_base_adapters_to_a_fine_tuned_copy(tiny_project, project_copy):
+    reports = project_copy / "reports"
+    assert json.loads((tiny_project / "reports" / "transfer.json").read_text()) == {}  # off by default
+    set_params(project_copy, **{"transfer.finetune_steps": 5, "transfer.widths": [8, 16],
+                                "transfer.adapter_steps": 10})
+    first = agd(project_copy, "transfer")
+    assert "fine-tuning on digits [0, 1, 2, 3, 4]" in first.stderr
+    summary = json.loads((reports / "transfer.json").read_text())
+    assert list(summary) == ["width8", "width16"]
+    assert summary["width8"]["parameters"] < summary["width16"]["parameters"]
+    for m in summary.values():
+        assert m["retained"] == round(m["derived"]["captured"] / m["base"]["captured"], 4)
+        assert m["derived"]["captured"] != m["base"]["captured"]  # another model under the same adapters
+    derived = project_copy / "models/transfer/base-finetuned"
+    from pipeline.backends import load_base
+
+    assert load_base("mnist-dit", str(derived)).fingerprint != load_base("mnist-dit", str(tiny_project / "models/base-mnist-dit")).fingerprint
+    again = agd(project_copy, "transfer")  # everything it made is reused: same figures, nothing trained
+    assert "fine-tuning" not in again.stderr and "width 8: cross_attention" not in again.stderr
+    assert json.loads((reports / "transfer.json").read_text()) == summary
+    agd(project_copy, "report")
+    assert "Applied unchanged to a fine-tuned base" in (reports / "results.md").read_text()
+    assert Image.open(reports / "transfer.png").width > 100
 
 
 def test_sample_command(tiny_project, tmp_path):
