@@ -9,9 +9,20 @@ from pathlib import Path
 from pipeline.report import REPORTS, _diff, _pyplot, _rows, _scale
 
 
+def _summary(path: Path) -> dict:
+    """An experiment stage's JSON summary; {} when the stage is off or has not run."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _off(ax, note: str) -> None:
+    """The figure of a stage that is off: how to turn it on, instead of empty axes."""
+    ax.text(0.5, 0.5, note, ha="center", va="center")
+    ax.set_axis_off()
+
+
 def sweep_table(path: Path = REPORTS / "sweep.json") -> str:
     """AGD against CFG across the sweep's scales, or "" when the sweep is off."""
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = _summary(path)
     if not summary:
         return ""
     judge = any("judge_fd_diff" in m for m in summary.values())
@@ -33,8 +44,7 @@ def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
     rows = _rows("sweep.csv")
     fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
     if not rows:
-        ax.text(0.5, 0.5, "sweep off: dvc exp run -S sweep.num_samples=500", ha="center", va="center")
-        ax.set_axis_off()
+        _off(ax, "sweep off: dvc exp run -S sweep.num_samples=500")
     else:
         ax.axvspan(*w_range, color="grey", alpha=0.12, label="training range of w")
         for method in ("cfg", "agd"):
@@ -60,7 +70,7 @@ METHOD_LABELS = {"cfg": "CFG", "agd": "AGD", "cfg_half_steps": "CFG, half the st
 
 def nfe_table(path: Path = REPORTS / "nfe.json") -> str:
     """Per step count, AGD minus each baseline (paired), with each side's NFE; "" when the stage is off."""
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = _summary(path)
     if not summary:
         return ""
     first = next(iter(summary.values()))
@@ -83,9 +93,8 @@ def plot_nfe(out: Path) -> None:
     rows = _rows("nfe.csv")
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), constrained_layout=True)
     if not rows:
-        for ax in axes:
-            ax.set_axis_off()
-        axes[0].text(0.5, 0.5, "nfe stage off: dvc exp run -S nfe.num_samples=1000", ha="center", va="center")
+        _off(axes[0], "nfe stage off: dvc exp run -S nfe.num_samples=1000")
+        axes[1].set_axis_off()
     else:
         name = "judge_fd" if rows[0].get("judge_fd") else "fid"
         for method in METHOD_LABELS:
@@ -109,7 +118,7 @@ def plot_nfe(out: Path) -> None:
 
 def samplers_table(path: Path = REPORTS / "samplers.json") -> str:
     """AGD against CFG under each sampler setting; "" when the stage is off."""
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = _summary(path)
     if not summary:
         return ""
     judge = any("judge_fd_diff" in m for m in summary.values())
@@ -130,8 +139,7 @@ def plot_samplers(out: Path) -> None:
     rows = _rows("samplers.csv")
     fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
     if not rows:
-        ax.text(0.5, 0.5, "samplers stage off: dvc exp run -S samplers.num_samples=500", ha="center", va="center")
-        ax.set_axis_off()
+        _off(ax, "samplers stage off: dvc exp run -S samplers.num_samples=500")
     else:
         name = "judge_fd" if rows[0].get("judge_fd") else "fid"
         settings = list(dict.fromkeys(r["setting"] for r in rows))
@@ -154,7 +162,7 @@ def plot_samplers(out: Path) -> None:
 
 def transfer_table(path: Path = REPORTS / "transfer.json") -> str:
     """Correction captured per adapter width, on the base and on the derived model; "" when off."""
-    summary = json.loads(path.read_text()) if path.exists() else {}
+    summary = _summary(path)
     if not summary:
         return ""
     lines = ["| adapter width | parameters | captured on the base | on the derived model | retained |"
@@ -173,8 +181,7 @@ def plot_transfer(out: Path) -> None:
     rows = _rows("transfer.csv")
     fig, ax = plt.subplots(figsize=(6, 3.8), constrained_layout=True)
     if not rows:
-        ax.text(0.5, 0.5, "transfer stage off: dvc exp run -S transfer.finetune_steps=400", ha="center", va="center")
-        ax.set_axis_off()
+        _off(ax, "transfer stage off: dvc exp run -S transfer.finetune_steps=400")
     else:
         for model, label in (("base", "on the base they were trained on"), ("derived", "on the fine-tuned model")):
             mine = sorted((r for r in rows if r["model"] == model), key=lambda r: int(r["parameters"]))

@@ -23,7 +23,8 @@ from tests import tiny_models
 from tests.conftest import ROOT, agd, dvc
 
 MNIST_ONLY = {"prepare@mnist", "classifier@mnist"}
-EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "evaluate", "sweep", "report"}
+EXPERIMENTS = {"sweep", "nfe", "samplers", "transfer"}  # stages that do nothing until their params turn them on
+EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "evaluate", "report"} | EXPERIMENTS
 
 
 def stages(project: Path) -> set[str]:
@@ -99,7 +100,7 @@ def test_switch_to_dit_runs_its_stages_and_no_mnist_work(dvc_project):
     _switch(dvc_project, "dit-xl-2", "models/dit", fid_ref={"image_folder": "imagenet"})
     assert "prepare@mnist" not in stages(dvc_project)
     # The Inception weights are shared and already there; MNIST and its classifier are gone.
-    assert would_run(dvc_project) == {"check", "fid_ref", "conditions", "trajectories", "train", "evaluate", "sweep"}
+    assert would_run(dvc_project) == {"check", "fid_ref", "conditions", "trajectories", "train", "evaluate"} | EXPERIMENTS
     (dvc_project / "params.yaml").write_text(before)
     assert would_run(dvc_project) == set()  # switching back finds the default's results where they were
 
