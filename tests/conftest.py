@@ -104,7 +104,7 @@ def tiny_project(tmp_path_factory, prepared_data, tiny_base) -> Path:
     project = new_project(tmp_path_factory.mktemp("tiny"), prepared_data)
     shutil.copytree(tiny_base, project / "models" / "base-mnist-dit")
     for stage in ["classifier", "fid-ref", "conditions", "trajectories", "verify", "train", "evaluate", "sweep",
-                  "nfe", "samplers", "report"]:
+                  "nfe", "samplers", "transfer", "report"]:
         agd(project, stage)
     return project
 
