@@ -159,13 +159,15 @@ def transfer() -> None:
 
 
 @app.command()
-def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block.")
+def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block."),
+           experiments: bool = typer.Option(False, "--experiments", help="instead, draw the per-step distillation "
+                                            "of the main run and every experiment under reports/experiments/.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit
     and params that made them."""
     from pipeline.stages import report as stage
 
-    _guard(stage.run, readme=readme)
+    _guard(stage.experiments) if experiments else _guard(stage.run, readme=readme)
 
 
 @app.command()

@@ -196,3 +196,27 @@ def plot_transfer(out: Path) -> None:
     fig.suptitle("Adapters applied unchanged to a fine-tuned base")
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def plot_distillation_by_experiment(out: Path, main: Path, folders: list[Path], w: str = "3") -> None:
+    """Correction captured per sampler step at one scale: the main run and each rendered experiment
+    (reports/experiments/NAME/distillation.csv) as one line each; experiments whose curve is the main
+    run's (they did not change the adapters: a sweep, the NFE curve) are left out."""
+    import csv
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 3.8), constrained_layout=True)
+    for label, path in [("default (main)", main)] + [(f.name, f / "distillation.csv") for f in folders]:
+        if not path.exists() or (path != main and main.exists() and path.read_text() == main.read_text()):
+            continue
+        with open(path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if r["w"] == w and r["captured"]]
+        if rows:
+            ax.plot([int(r["step"]) for r in rows], [float(r["captured"]) for r in rows], marker="o", ms=3, label=label)
+    ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("sampler step (0 = noise)")
+    ax.set_ylabel(f"correction captured, w = {w}")
+    ax.legend(fontsize=8)
+    fig.suptitle("Per-step distillation on held-out CFG trajectories, by experiment")
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -18,6 +18,19 @@ TRANSFER_PNG = Path("reports/transfer.png")
 FIGURES = (DISTILLATION_PNG, SCALES_PNG, SWEEP_PNG, NFE_PNG, SAMPLERS_PNG, TRANSFER_PNG)
 
 
+EXPERIMENTS = Path("reports/experiments")
+
+
+def experiments() -> None:
+    """reports/experiments/distillation.png: the per-step curve of the main run and of every rendered
+    experiment (scripts/experiment_report.sh), for ablations that change what the adapters learn."""
+    folders = sorted(p for p in EXPERIMENTS.iterdir() if p.is_dir()) if EXPERIMENTS.exists() else []
+    out = EXPERIMENTS / "distillation.png"
+    preflight.writable(out, "figure", "file")
+    report_experiments.plot_distillation_by_experiment(out, Path("reports/distillation.csv"), folders)
+    log(f"report: {out} ({len(folders)} experiments)")
+
+
 def run(readme: bool = False) -> None:
     preflight.writable_all([("results", RESULTS, "file")] + [("figure", f, "file") for f in FIGURES])
     sweep, nfe = report_experiments.sweep_table(), report_experiments.nfe_table()
