@@ -2,38 +2,23 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 
 import typer
 
+from pipeline import runtime
 from pipeline.errors import AGDError
 
 app = typer.Typer(help="Adapter Guidance Distillation: distil classifier-free guidance into adapters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
-def _setup() -> None:
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no hub here; without it a hub id retries ~24 s
-    import torch
-
-    threads = os.environ.get("AGD_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
-    from diffusers.utils import logging as dlog
-
-    dlog.disable_progress_bar()
-    dlog.set_verbosity_error()
-    from transformers.utils import logging as tlog
-
-    tlog.disable_progress_bar()
-    tlog.set_verbosity_error()
-
-
-def _guard(fn, *args, **kwargs):
-    """Run a stage; a user error becomes one `error:` line and exit status 2."""
-    _setup()
+def _guard(fn, *args, light: bool = False, **kwargs):
+    """Run a stage; a user error becomes one `error:` line and exit status 2. light: the stage sets up
+    torch itself (runtime.setup) once it knows it has work, so that when off it returns at once."""
+    if not light:
+        runtime.setup()
     try:
         return fn(*args, **kwargs)
     except AGDError as err:
@@ -128,7 +113,7 @@ def sweep() -> None:
     intervals; off unless sweep.num_samples > 0 (params.yaml: sweep)."""
     from pipeline.stages import sweep as stage
 
-    _guard(stage.run)
+    _guard(stage.run, light=True)
 
 
 @app.command()
@@ -137,7 +122,7 @@ def nfe() -> None:
     reusing its unconditional output, at each step count; off unless nfe.num_samples > 0 (params.yaml: nfe)."""
     from pipeline.stages import nfe as stage
 
-    _guard(stage.run)
+    _guard(stage.run, light=True)
 
 
 @app.command()
@@ -146,7 +131,7 @@ def samplers() -> None:
     the same sampler, with intervals and correction captured; off unless samplers.num_samples > 0."""
     from pipeline.stages import samplers as stage
 
-    _guard(stage.run)
+    _guard(stage.run, light=True)
 
 
 @app.command()
@@ -155,7 +140,7 @@ def transfer() -> None:
     of CFG's correction they still capture; off unless transfer.finetune_steps > 0 (params.yaml: transfer)."""
     from pipeline.stages import transfer as stage
 
-    _guard(stage.run)
+    _guard(stage.run, light=True)
 
 
 @app.command()

@@ -24,11 +24,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import preflight, tables
+from pipeline import preflight, runtime, tables
 from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, load_models
 from pipeline.progress import log
-from pipeline.sampling import Guidance
 
 TABLE = Path("reports/nfe.csv")
 SUMMARY = Path("reports/nfe.json")
@@ -54,6 +52,10 @@ def run() -> None:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("nfe: off (nfe.num_samples is 0); turn it on with `dvc exp run -S nfe.num_samples=1000`")
         return
+    # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
+    runtime.setup()
+    from pipeline.evaluation import Evaluation, load_models
+    from pipeline.sampling import Guidance
     family, adapters, sampler = load_models(base, traj, train_p, ev_p)
     settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples)
     ev = Evaluation(family, adapters, settings, sampler)

@@ -21,11 +21,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import distill, preflight, tables
+from pipeline import preflight, runtime, tables
 from pipeline.config import load_section, parse_setting
-from pipeline.evaluation import Evaluation, held_out, load_models
 from pipeline.progress import log
-from pipeline.sampling import family_scheduler
 
 TABLE = Path("reports/samplers.csv")
 SUMMARY = Path("reports/samplers.json")
@@ -45,6 +43,11 @@ def run() -> None:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("samplers: off (samplers.num_samples is 0); turn it on with `dvc exp run -S samplers.num_samples=500`")
         return
+    # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
+    runtime.setup()
+    from pipeline import distill
+    from pipeline.evaluation import Evaluation, held_out, load_models
+    from pipeline.sampling import family_scheduler
     family, adapters, sampler = load_models(base, traj, train_p, ev_p)
     settings = [parse_setting(s, f"params.yaml: samplers.settings[{i}]") for i, s in enumerate(p.settings)]
     for i, (name, steps) in enumerate(settings):  # every setting refused now, not after an hour of sampling

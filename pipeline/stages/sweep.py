@@ -17,11 +17,9 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-from pipeline import distill, preflight, tables
+from pipeline import preflight, runtime, tables
 from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, held_out, load_models
 from pipeline.progress import log
-from pipeline.stages.evaluate import scale_key
 
 TABLE = Path("reports/sweep.csv")
 SUMMARY = Path("reports/sweep.json")
@@ -40,6 +38,11 @@ def run() -> None:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("sweep: off (sweep.num_samples is 0); turn it on with `dvc exp run -S sweep.num_samples=500`")
         return
+    # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
+    runtime.setup()
+    from pipeline import distill
+    from pipeline.evaluation import Evaluation, held_out, load_models
+    from pipeline.stages.evaluate import scale_key
     family, adapters, sampler = load_models(base, traj, train_p, ev_p)
     settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples,
                        guidance_scales=p.guidance_scales, default_scale=p.guidance_scales[0])

@@ -26,17 +26,13 @@ import shutil
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import torch
-
-from pipeline import distill, mnist, preflight, tables
-from pipeline.adapters import AdapterSet
-from pipeline.backends import load_base
+from pipeline import preflight, runtime, tables
 from pipeline.config import load_section
 from pipeline.errors import AGDError
-from pipeline.evaluation import held_out
 from pipeline.progress import Tracker, log
-from pipeline.stages import pretrain
-from pipeline.stages.train import fit, open_store_for
+
+# torch, diffusers and the training code are imported inside the functions that use them, so that
+# the stage, off by default, returns at once in every `dvc repro`.
 
 TABLE = Path("reports/transfer.csv")
 SUMMARY = Path("reports/transfer.json")
@@ -51,6 +47,12 @@ def _made_with(folder: Path, recipe: dict) -> bool:
 
 def derived_model(family, base_params, p, out: Path):
     """The base trained further on p.finetune_digits, loaded as a family (made once per recipe)."""
+    import torch
+
+    from pipeline import mnist
+    from pipeline.backends import load_base
+    from pipeline.stages import pretrain
+
     pre = load_section("pretrain")
     recipe = {"base": family.fingerprint, "digits": p.finetune_digits, "steps": p.finetune_steps,
               "lr": p.finetune_lr, "batch_size": p.finetune_batch_size, "label_drop": pre.label_drop, "seed": pre.seed}
@@ -79,8 +81,11 @@ def derived_model(family, base_params, p, out: Path):
     return load_base(**asdict(replace(base_params, path=str(out))))
 
 
-def width_adapters(family, store, train_p, p, width: int, out: Path) -> AdapterSet:
+def width_adapters(family, store, train_p, p, width: int, out: Path):
     """Adapters of one width on the base's store (trained once per recipe, resumable)."""
+    from pipeline.adapters import AdapterSet
+    from pipeline.stages.train import fit
+
     settings = replace(train_p, width=width, heads=max(1, min(train_p.heads, width // 8)), steps=p.adapter_steps,
                        checkpoint_every=min(train_p.checkpoint_every, p.adapter_steps))
     recipe = {"train": asdict(settings), "base": family.fingerprint, "store": store.attrs.get("conditions_sha256")}
@@ -106,6 +111,12 @@ def run() -> None:
         raise AGDError("params.yaml: transfer.finetune_steps", f"the transfer study is built for the embedded default "
                        f"only, not {base.backend}: the derived model is trained on the base's own training images",
                        "set transfer.finetune_steps: 0")
+    runtime.setup()
+    from pipeline import distill
+    from pipeline.backends import load_base
+    from pipeline.evaluation import held_out
+    from pipeline.stages.train import open_store_for
+
     family = load_base(**asdict(base))
     out = Path(p.output)
     derived = derived_model(family, base, p, out / "base-finetuned")
