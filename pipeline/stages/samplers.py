@@ -22,7 +22,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from pipeline import preflight, runtime, tables
-from pipeline.config import load_section, parse_setting
+from pipeline.config import load_section
+from pipeline.config_experiments import parse_setting
 from pipeline.progress import log
 
 TABLE = Path("reports/samplers.csv")
