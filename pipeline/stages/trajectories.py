@@ -166,6 +166,7 @@ def run() -> None:
         todo = [b for b in todo if not done[list(b)].all()]
         log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {int((~done).sum())} to make "
             f"({p.data}, {p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
+        noiser = family_scheduler(family, p.scheduler, p.num_steps)  # its timesteps and noise levels, once
         with Tracker("trajectories", n, start=int(done.sum())) as tracker:
             for batch in todo:
                 idx = list(batch)
@@ -174,8 +175,7 @@ def run() -> None:
                 if images is None:
                     arrays = _cfg_trajectories(family, p, cond, seeds[idx], w)
                 else:
-                    scheduler = family_scheduler(family, p.scheduler, p.num_steps)
-                    arrays = forward_noised.states_and_targets(family, scheduler, torch.from_numpy(images[idx]),
+                    arrays = forward_noised.states_and_targets(family, noiser, torch.from_numpy(images[idx]),
                                                                cond, seeds[idx], w)
                 missing = [row for row, i in enumerate(idx) if not done[i]]
                 store.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
