@@ -5,9 +5,12 @@ Each adapter wraps one attention module of the frozen base and adds its output t
 output (a forward hook, so the base's code is untouched). The last layer of every adapter starts
 at zero: before training the model with adapters *is* the base model.
 
-Inputs shared by all adapters of a model, computed once per forward pass:
+Inputs shared by all adapters of a model:
 - w: random Fourier features of the guidance scale on its natural scale, then MLP + LayerNorm;
 - the base's own timestep embedding and condition tokens (class embedding or prompt tokens).
+Everything computed from them alone runs once per pass for all adapters together, and what depends
+on (w, c) alone once per sample run (pipeline.adapter_fusion); the modules' own `forward` is the
+per-block reference that path is tested against.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pipeline import adapter_fusion
 from pipeline.errors import AGDError
 
 FORMAT_VERSION = 1
@@ -131,7 +135,12 @@ class AdapterSet(nn.Module):
         })
         self.base_identity = family.identity()
         self.base_parameters = family.num_parameters()
-        self._inputs = None
+        # fused: the grouped, once-per-pass path (pipeline.adapter_fusion); False runs each adapter's
+        # own forward in its block, the reference the fused path is tested against
+        self.fused = True
+        self.stacks = adapter_fusion.Stacks(self)
+        self._step = None  # the adapters' inputs for the pass in progress (None: adapters off)
+        self._compiled_pass = None
         self._handles = []
 
     # --- applying the adapters -------------------------------------------------------------
@@ -150,31 +159,62 @@ class AdapterSet(nn.Module):
 
     def _hook(self, key: str):
         def hook(module, args, kwargs, output):
-            if self._inputs is None:  # the plain base (e.g. the CFG teacher): adapters off
+            if self._step is None:  # the plain base (e.g. the CFG teacher): adapters off
                 return output
             hidden = args[0] if args else kwargs["hidden_states"]
-            delta = self.adapters[key](hidden.to(self._inputs[0].dtype), *self._inputs[:3])
-            if self.w_gate:
-                delta = delta * self._inputs[3].view(-1, *([1] * (delta.dim() - 1)))
+            if self.fused:
+                return adapter_fusion.apply(*self._step[key], hidden, output)
+            w_emb, t_emb, c_tokens, gate = self._step["reference"]
+            delta = self.adapters[key](hidden.to(w_emb.dtype), w_emb, t_emb, c_tokens)
+            if gate is not None:
+                delta = delta * gate.view(-1, *([1] * (delta.dim() - 1)))
             return output + delta.to(output.dtype)
         return hook
 
-    def forward(self, family, x, t, cond, w) -> torch.Tensor:
-        """One pass of the base with adapters at guidance scale w: AGD's replacement for CFG."""
+    def context(self, family, cond: dict, w: torch.Tensor) -> adapter_fusion.Fixed:
+        """What the adapters compute from the condition and w alone: once per sample run."""
         with torch.no_grad():
-            t_emb, c_tokens = family.adapter_inputs(t, cond)
-        w = w.to(x.device)
-        w_emb = self.guidance(w)
-        self._inputs = (w_emb, t_emb.to(w_emb.dtype), c_tokens.to(w_emb.dtype), (w - 1).to(w_emb.dtype))
+            c_tokens = family.adapter_condition(cond)
+        return adapter_fusion.prepare(self, w.to(family.device), c_tokens)
+
+    def step(self, family, fixed: adapter_fusion.Fixed, x, t, cond) -> torch.Tensor:
+        """One pass of the base with the adapters, given `context`'s result for these samples."""
+        if not self.fused:
+            with torch.no_grad():
+                t_emb = family.adapter_time(t)
+            w_emb, c_tokens = fixed.reference
+            self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, fixed.gate)}
+            return self._forward(family, x, t, cond)
+        stacks = self.stacks.get()
+        if family.compiled and not torch.is_grad_enabled():
+            # the whole pass as one graph (the t-token's part, every block, every adapter): its
+            # guards check the inputs, not every adapter's per-pass tensors the hooks read
+            if self._compiled_pass is None:
+                self._compiled_pass = torch.compile(self._fused_pass, dynamic=False)
+            try:
+                return self._compiled_pass(family, fixed, stacks, x, t, cond)
+            finally:
+                self._step = None
+        return self._fused_pass(family, fixed, stacks, x, t, cond)
+
+    def _fused_pass(self, family, fixed, stacks, x, t, cond) -> torch.Tensor:
+        self._step = adapter_fusion.per_step(self, fixed, family.adapter_time(t).detach(), stacks)
+        return self._forward(family, x, t, cond)
+
+    def _forward(self, family, x, t, cond) -> torch.Tensor:
         try:
             return family.forward(x, t, cond)
         finally:
             if not torch.is_grad_enabled():
-                self._inputs = None
+                self._step = None
+
+    def forward(self, family, x, t, cond, w) -> torch.Tensor:
+        """One pass of the base with adapters at guidance scale w: AGD's replacement for CFG."""
+        return self.step(family, self.context(family, cond, w), x, t, cond)
 
     def release(self) -> None:
         """Drop the per-pass inputs (kept during training so checkpointed blocks can recompute)."""
-        self._inputs = None
+        self._step = None
 
     # --- size, saving, loading -------------------------------------------------------------
     def num_parameters(self) -> int:

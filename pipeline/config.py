@@ -110,6 +110,15 @@ class ConditionsParams:
 
 
 @dataclass
+class SampleParams:
+    """How every sampling stage runs the denoiser (trajectories, evaluate, sweep, nfe, samplers)."""
+
+    # torch.compile the denoiser with its adapter hooks (Family.compile): one graph per batch shape, for CFG's
+    # passes and AGD's alike; on CUDA with CUDA graphs. Same results to float tolerance, not bit for bit.
+    compile: bool = False
+
+
+@dataclass
 class TrajectoriesParams:
     """The CFG sampler whose trajectories become training data."""
 
@@ -167,6 +176,7 @@ SECTIONS: dict[str, type] = {
     "fid_ref": FidRefParams,
     "pretrain": PretrainParams,
     "conditions": ConditionsParams,
+    "sample": SampleParams,
     "trajectories": TrajectoriesParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,

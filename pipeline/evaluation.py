@@ -20,6 +20,7 @@ import torch
 from pipeline import classifier, fid, quality
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
+from pipeline.config import load_section
 from pipeline.progress import Tracker
 from pipeline.sampling import Guidance, family_scheduler, nfe, plan_for, sample
 
@@ -33,8 +34,10 @@ class Samples:
 
 def load_models(base, traj, train_p, p):
     """The frozen base, set up for the evaluation sampler (refused when it cannot take
-    `evaluate.num_steps`), the trained adapters and the sampler's name: evaluate and sweep both."""
+    `evaluate.num_steps`), the trained adapters and the sampler's name: every sampling stage."""
     family = load_base(**asdict(base))
+    if load_section("sample").compile:
+        family.compile()
     sampler = p.scheduler or traj.scheduler
     family_scheduler(family, sampler, p.num_steps, key="params.yaml: evaluate.num_steps")
     return family, AdapterSet.load(Path(train_p.output), family), sampler

@@ -130,7 +130,11 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
     step_kwargs = {"generator": generators} if "generator" in inspect.signature(scheduler.step).parameters else {}
     w = torch.as_tensor(w, dtype=torch.float32, device=device).expand(len(x))
     last_null = None
+    fixed = adapters.context(family, cond, w) if mode == "agd" else None  # what w and c alone decide
+    graphs = family.compiled and device.type == "cuda"  # CUDA graphs reuse their output buffers
     for i, t in enumerate(scheduler.timesteps):
+        if graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         x_in = scheduler.scale_model_input(x, t)
         t_batch = t.to(device).expand(len(x))
         action = plan[i]
@@ -140,9 +144,11 @@ def sample(family, cond: dict, seeds, w: torch.Tensor, scheduler_name: str, num_
         elif action == "reuse":
             out = family.guide(family.forward(x_in, t_batch, cond), last_null, w)
         elif action == "agd":
-            out = adapters(family, x_in, t_batch, cond, w)
+            out = adapters.step(family, fixed, x_in, t_batch, cond)
         else:
             out = family.forward(x_in, t_batch, cond)
+        if graphs:
+            out, last_null = out.clone(), None if last_null is None else last_null.clone()
         if record is not None:
             record(i, x_in, t_batch, out)
         x = scheduler.step(family.scheduler_output(out, scheduler).float(), t, x, **step_kwargs).prev_sample

@@ -115,3 +115,76 @@ def test_adapters_refuse_another_base(tiny_project):
     family.fingerprint = "another-base"
     with pytest.raises(AGDError, match="made for base"):
         AdapterSet.load(tiny_project / "models" / "adapters", family)
+
+
+# (architecture, extra): width 16 with 2 heads folds the value path (2 heads x 3 tokens <= 16), with 8
+# heads it attends (24 > 16): both in-block paths of pipeline.adapter_fusion, with and without the
+# content path and the gate.
+FUSION = [("offset", {"heads": 2}), ("offset", {"heads": 2, "w_gate": True}),
+          ("cross_attention", {"heads": 2}), ("cross_attention", {"heads": 2, "mlp": 2, "w_gate": True}),
+          ("cross_attention", {"heads": 8}), ("cross_attention", {"heads": 8, "mlp": 2, "w_gate": True}),
+          ("cross_attention", {"heads": 2, "w_gate": True})]
+
+
+def _as_trained(adapters):
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for p in adapters.parameters():  # every layer non-zero, output layers included
+            p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+def _relative(a, b):
+    return ((a - b).abs().max() / b.abs().max()).item()
+
+
+@pytest.mark.parametrize("architecture,extra", FUSION)
+def test_adapter_work_once_per_pass_equals_the_per_block_adapters(tiny_base, architecture, extra):
+    """The grouped, hoisted path gives today's per-block outputs within 1e-5 relative, and the same
+    parameter gradients; across a whole sample run, where what w and c decide is computed once."""
+    from pipeline.sampling import sample
+
+    family = load_base("mnist-dit", str(tiny_base))
+    adapters = AdapterSet(family, architecture, width=16, **extra).attach(family)
+    _as_trained(adapters)
+    x, t, cond = _inputs(family)
+    w = torch.linspace(1.0, 6.0, len(x))
+    outputs, grads = {}, {}
+    for fused in (True, False):
+        adapters.fused = fused
+        with torch.no_grad():
+            outputs[fused] = adapters(family, x, t, cond, w)
+        adapters.zero_grad()
+        (adapters(family, x, t, cond, w) ** 2).mean().backward()
+        adapters.release()
+        grads[fused] = [p.grad.clone() for p in adapters.parameters()]
+        run = sample(family, cond, list(range(len(x))), w, "DPMSolverMultistepScheduler", 4, mode="agd",
+                     adapters=adapters)
+        outputs[f"sample{fused}"] = run
+    plain = family.forward(x, t, cond)
+    assert (outputs[False] - plain).abs().max() > 1e-3, "the adapters as set up change nothing: no test"
+    assert _relative(outputs[True], outputs[False]) < 1e-5
+    assert _relative(outputs["sampleTrue"], outputs["sampleFalse"]) < 1e-5
+    scale = max(g.abs().max().item() for g in grads[False])  # some are zero in exact arithmetic (key biases)
+    for fused_grad, reference_grad in zip(grads[True], grads[False]):
+        torch.testing.assert_close(fused_grad, reference_grad, rtol=1e-4, atol=1e-6 * scale)
+
+
+def test_stacked_adapter_weights_follow_training_steps(tiny_base):
+    """The stacks cached for inference are rebuilt when an optimiser step changes the weights."""
+    family = load_base("mnist-dit", str(tiny_base))
+    adapters = AdapterSet(family, "cross_attention", width=16, heads=2, mlp=2, w_gate=True).attach(family)
+    _as_trained(adapters)
+    x, t, cond = _inputs(family)
+    w = torch.full((len(x),), 3.0)
+    with torch.no_grad():
+        before = adapters(family, x, t, cond, w)
+    opt = torch.optim.SGD(adapters.parameters(), lr=0.5)
+    (adapters(family, x, t, cond, w) ** 2).mean().backward()
+    adapters.release()
+    opt.step()
+    with torch.no_grad():
+        after = adapters(family, x, t, cond, w)
+        adapters.fused = False
+        reference = adapters(family, x, t, cond, w)
+    assert (after - before).abs().max() > 1e-4
+    assert _relative(after, reference) < 1e-5

@@ -185,3 +185,25 @@ def test_captions_file_errors(trained, tmp_path, monkeypatch, content, problem):
         sample_captions(path, 6, np.random.default_rng(0))
     if "requested" not in problem:  # a file that is not usable says where to get a good one
         assert "captions_train2017.json" in err.value.fix
+
+
+@pytest.mark.parametrize("backend", list(FAMILIES))
+def test_hoisted_adapters_equal_the_per_block_adapters_on_every_family(trained, backend):
+    """Trained adapters of every family (class token: folded values; 77-ish prompt tokens: attention over
+    hoisted keys and values) give the per-block reference's output within 1e-5 relative."""
+    project = trained[backend]
+    family = load_base(backend, str(project / "base"))
+    adapters = AdapterSet.load(project / "models/adapters", family)
+    store = TrajectoryStore.open(project / "data/store.zarr")
+    meta = store.meta()
+    traj = store.read(0)
+    t = torch.from_numpy(meta["t"])
+    cond = family.condition_batch({k[5:]: v[[0] * len(t)] for k, v in meta.items() if k.startswith("cond/")})
+    x, w = torch.from_numpy(traj["x"]), torch.full((len(t),), float(meta["w"][0]))
+    with torch.no_grad():
+        fused = adapters(family, x, t, cond, w)
+        adapters.fused = False
+        reference = adapters(family, x, t, cond, w)
+        plain = family.forward(x, t, cond)
+    assert (reference - plain).abs().max() > 0, "the trained adapters change nothing: no test"
+    assert ((fused - reference).abs().max() / reference.abs().max()).item() < 1e-5

@@ -92,11 +92,13 @@ class DiTFamily(Family):
     def guided_channels(self, out):
         return out[:, : out.shape[1] // 2] if self.learned_variance else out
 
-    def adapter_inputs(self, t, cond):
+    def adapter_time(self, t):
         emb = self.denoiser.transformer_blocks[0].norm1.emb  # CombinedTimestepLabelEmbeddings
-        t_emb = emb.timestep_embedder(emb.time_proj(t).to(self.dtype))
-        c_emb = emb.class_embedder(cond["labels"])
-        return t_emb, c_emb.unsqueeze(1)
+        return emb.timestep_embedder(emb.time_proj(t).to(self.dtype))
+
+    def adapter_condition(self, cond):
+        emb = self.denoiser.transformer_blocks[0].norm1.emb
+        return emb.class_embedder(cond["labels"]).unsqueeze(1)
 
     @property
     def embedding_dims(self):

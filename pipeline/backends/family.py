@@ -112,8 +112,12 @@ class Family:
         return {}
 
     # --- adapter inputs -------------------------------------------------------------------
-    def adapter_inputs(self, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(timestep embedding (B, Dt), condition tokens (B, L, Dc)) from the frozen base."""
+    def adapter_time(self, t: torch.Tensor) -> torch.Tensor:
+        """The frozen base's own timestep embedding (B, Dt): the adapters' t input."""
+        raise NotImplementedError
+
+    def adapter_condition(self, cond: dict) -> torch.Tensor:
+        """The frozen base's condition tokens (B, L, Dc): class embedding or prompt tokens."""
         raise NotImplementedError
 
     @property
@@ -159,6 +163,27 @@ class Family:
     def content_identity(self) -> dict:
         """What decides the content of a trajectory store: the weights, not where they lie."""
         return {"backend": self.spec.name, "fingerprint": self.fingerprint}
+
+    compiled = False
+
+    def compile(self) -> "Family":
+        """torch.compile the denoiser in place, adapter hooks included (sample.compile).
+
+        Fixed shapes (one graph per batch shape, and per adapters on or off: CFG's 2B batch, AGD's B),
+        so a stage compiles a few graphs once and reuses them every step. On CUDA the graphs are
+        captured as CUDA graphs (mode reduce-overhead): the step's launch cost goes, which is what
+        bounds small batches. The sampling loop copies outputs it keeps, as the graph reuses them.
+        """
+        if not self.compiled:
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, limit, max(getattr(cfg, limit), 64))  # batch shapes x (plain, adapters)
+            mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.denoiser.compile(dynamic=False, mode=mode)
+            self.compiled = True
+        return self
 
     def freeze(self) -> "Family":
         for module in self.modules():

@@ -99,9 +99,11 @@ class SDFamily(Family):
     def forward(self, x, t, cond):
         return self.denoiser(x.to(self.dtype), t, encoder_hidden_states=cond["prompt_embeds"].to(self.dtype)).sample
 
-    def adapter_inputs(self, t, cond):
-        t_emb = self.denoiser.time_embedding(self.denoiser.time_proj(t).to(self.dtype))
-        return t_emb, cond["prompt_embeds"]
+    def adapter_time(self, t):
+        return self.denoiser.time_embedding(self.denoiser.time_proj(t).to(self.dtype))
+
+    def adapter_condition(self, cond):
+        return cond["prompt_embeds"]
 
     @property
     def embedding_dims(self):

@@ -135,6 +135,8 @@ def run() -> None:
         forward_noised.require_backend(base.backend)
     cond_doc = conditions_stage.read()
     family = load_base(**asdict(base))
+    if load_section("sample").compile:
+        family.compile()
     if cond_doc["backend"] != family.spec.name:
         raise AGDError(str(conditions_stage.CONDITIONS_FILE), f"made for backend {cond_doc['backend']}",
                        "re-run `agd conditions` after changing base.backend")
