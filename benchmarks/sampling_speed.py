@@ -4,7 +4,8 @@
                                         [--xl-batches 1,8] [--xl-steps 2] [--compile] [--out FILE]
 
 Two models, in one process: the embedded default (models/base-mnist-dit with models/adapters,
-untrained adapters if there are none; the arithmetic is the same) and DiT-XL/2 with its real
+untrained adapters if there are none; the arithmetic is the same; then again with the paper's
+adapter, no content path, as "emb-paper") and DiT-XL/2 with its real
 configuration and random weights (latent 4x32x32, no VAE: only the denoiser steps are timed;
 `--xl-batches ''` skips it). For every batch size, each method samples the same seeds in rounds,
 interleaved, and the fastest round counts, so a burst of load elsewhere hits all methods alike.
@@ -15,6 +16,8 @@ Columns (per image):
   overhead  AGD / plain - 1: what the adapters add to the single pass
   AGD/CFG   next to bound = plain / CFG (same batch, same run): what one pass can at best save;
             gap = (AGD/CFG) / bound - 1 is the overhead seen from CFG's side
+"adapter arithmetic" is the adapters' share of the pass's floating-point work (torch's FLOP
+counter): an overhead no removal of Python or launch cost takes away.
 With --compile every method runs through torch.compile (sample.compile), CFG's model as well,
 so the comparison stays fair; compile time is left out (a warm-up round per method).
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +35,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import devices  # noqa: E402
+from pipeline import devices, runtime  # noqa: E402
 from pipeline.adapters import AdapterSet  # noqa: E402
 from pipeline.backends import BACKENDS, DiTFamily, load_base  # noqa: E402
 from pipeline.sampling import sample  # noqa: E402
@@ -113,11 +117,14 @@ def main():
     parser.add_argument("--xl-batches", default="", help="DiT-XL/2 batch sizes (default 1,8 on CPU, 1,64 on GPU)")
     parser.add_argument("--xl-steps", type=int, default=0, help="DiT-XL/2 steps (default 2 on CPU, 10 on GPU)")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--no-paper-adapter", dest="paper_adapter", action="store_false",
+                        help="skip the embedded base with the paper's adapter (no content path)")
     parser.add_argument("--compile", action="store_true", help="sample through torch.compile (sample.compile)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (as base.device)")
     parser.add_argument("--out", default="", help="also write the rows as JSON here")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+    os.environ["AGD_THREADS"] = str(args.threads)
+    runtime.setup()  # as every `agd` command: threads, allocator
     device = devices.resolve(args.device)
     gpu = device.type == "cuda"
     rows = []
@@ -134,6 +141,15 @@ def main():
     for batch in (int(b) for b in args.batches.split(",") if b):
         rows.append(report("embedded", batch, time_methods(family, adapters, batch, args.steps, args.rounds,
                                                            args.compile), args.steps))
+    if args.paper_adapter:
+        # the same base with the paper's adapter (no content path): what the once-per-pass machinery
+        # costs when the adapters' own arithmetic is small
+        adapters.detach()
+        adapters = AdapterSet(family, "cross_attention", width=64, heads=8, w_gate=True).attach(family)
+        print(f"{'':<10} paper adapter, arithmetic: {100 * extra_flops(family, adapters):+.1f}% of the plain pass")
+        for batch in (int(b) for b in args.batches.split(",") if b):
+            rows.append(report("emb-paper", batch, time_methods(family, adapters, batch, args.steps, args.rounds,
+                                                                args.compile), args.steps))
     xl_batches = args.xl_batches or ("1,64" if gpu else "1,8")
     xl_steps = args.xl_steps or (10 if gpu else 2)
     if xl_batches != "none":

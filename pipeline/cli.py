@@ -189,6 +189,8 @@ def sample(
     guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
     device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: base.device in params.yaml)."),
+    compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (default: "
+                                  "sample.compile); pays off when many batches follow, or on CUDA (CUDA graphs)."),
 ) -> None:
     """Generate with a base and trained adapters at a chosen guidance scale, one pass per step."""
 
@@ -204,6 +206,8 @@ def sample(
         family, agd = load_agd(backend or base.backend, base_path or base.path,
                                adapters or load_section("train").output, base.dtype, device or base.device,
                                base.cfg_channels)
+        if load_section("sample").compile if compile_ is None else compile_:
+            family.compile()
         if labels:
             try:
                 conds = [int(v) for v in labels.split(",")]

@@ -8,6 +8,8 @@ import time
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
+from pipeline import runtime
+
 console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -31,6 +33,10 @@ class Tracker:
 
     def advance(self, n: int = 1, **info) -> None:
         self.done += n
+        threads = runtime.rebalance()  # other `agd` processes started or ended: take this one's share
+        if threads is not None:
+            console.print(f"{self.label}: now {threads} torch threads ({runtime.running_processes()} agd processes "
+                          f"share {runtime.usable_cores()} cores; AGD_THREADS fixes the count)")
         text = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in info.items())
         if self._bar is not None:
             self._bar.update(self._task, completed=self.done, info=text)

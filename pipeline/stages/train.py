@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 
 from pipeline import checkpoint, devices, preflight
 from pipeline.adapters import AdapterSet
+from pipeline.background import Prefetcher
 from pipeline.backends import DTYPES, load_base
 from pipeline.config import load_section
 from pipeline.errors import AGDError
@@ -91,12 +93,14 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
     warmup = int(p.warmup_fraction * p.steps)
     if on_start is not None:
         on_start(step)
-    with Tracker(label, p.steps, start=step) as tracker:
+    first_step, start = step, time.perf_counter()
+    # the next batches are drawn and read from the store in a background thread while this step runs
+    with Tracker(label, p.steps, start=step) as tracker, Prefetcher(batches) as prefetch:
         while step < p.steps:
             lr = warmup_cosine(step, p.steps, warmup, p.lr)
             for group in opt.param_groups:
                 group["lr"] = lr
-            b = batches.next_batch()
+            b = prefetch.next()
             x = torch.from_numpy(b["x"]).to(family.device)
             target = torch.from_numpy(b["target"]).to(family.device)
             t = torch.from_numpy(b["t"]).to(family.device)
@@ -115,9 +119,14 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
             if on_step is not None:
                 on_step(step, losses, lr)
             if checkpoint_path is not None and step % p.checkpoint_every == 0 and step < p.steps:
+                # the buffer state after the last batch consumed, not after the ones prefetched
                 checkpoint.save(checkpoint_path, {"run_id": run_id, "adapters": adapters.state_dict(),
-                                                  "opt": opt.state_dict(), "data": batches.state(),
+                                                  "opt": opt.state_dict(), "data": prefetch.state,
                                                   "rng": checkpoint.rng_state(), "step": step, "losses": losses})
+    if step > first_step:
+        seconds, states = time.perf_counter() - start, (step - first_step) * p.batch_size
+        log(f"{label}: {step - first_step} steps, {states:,} states in {seconds:.1f} s ({states / seconds:,.0f} "
+            f"states/s); waited {prefetch.wait_s:.1f} s for data ({100 * prefetch.wait_s / seconds:.1f} % of training)")
     return adapters, losses, summary
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import numpy as np
 import torch
 
 from pipeline import __version__, devices, forward_noised, preflight, shelf
+from pipeline.background import Writer
 from pipeline.backends import load_base
 from pipeline.config import load_section
 from pipeline.errors import AGDError
@@ -169,7 +171,9 @@ def run() -> None:
         log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {int((~done).sum())} to make "
             f"({p.data}, {p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
         noiser = family_scheduler(family, p.scheduler, p.num_steps)  # its timesteps and noise levels, once
-        with Tracker("trajectories", n, start=int(done.sum())) as tracker:
+        made, start = 0, time.perf_counter()
+        # chunks are compressed and written in a background thread while the next batch samples
+        with Tracker("trajectories", n, start=int(done.sum())) as tracker, Writer(store) as writer:
             for batch in todo:
                 idx = list(batch)
                 cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
@@ -180,8 +184,14 @@ def run() -> None:
                     arrays = forward_noised.states_and_targets(family, noiser, torch.from_numpy(images[idx]),
                                                                cond, seeds[idx], w)
                 missing = [row for row, i in enumerate(idx) if not done[i]]
-                store.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
+                writer.write([idx[r] for r in missing], {k: v[missing] for k, v in arrays.items()})
+                made += len(missing)
                 tracker.advance(len(missing))
+        if made:
+            seconds, states = time.perf_counter() - start, made * p.num_steps
+            log(f"trajectories: {made} trajectories, {states:,} states in {seconds:.1f} s ({states / seconds:,.0f} "
+                f"states/s); writing took {writer.busy_s:.1f} s beside the sampler, which waited {writer.wait_s:.1f} s "
+                f"for it ({100 * writer.wait_s / seconds:.1f} % of the collection)")
     log(f"trajectories: store complete: {path}")
     aside = shelf.stores(path)
     if aside:
