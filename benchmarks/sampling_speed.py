@@ -16,6 +16,9 @@ Columns (per image):
   overhead  AGD / plain - 1: what the adapters add to the single pass
   AGD/CFG   next to bound = plain / CFG (same batch, same run): what one pass can at best save;
             gap = (AGD/CFG) / bound - 1 is the overhead seen from CFG's side
+  per-block the overhead of the same adapters computed block by block, each from (w, t, c) in
+            its own block (AdapterSet.fused = False: the code before the adapter work moved out of
+            the blocks), in the same run
 "adapter arithmetic" is the adapters' share of the pass's floating-point work (torch's FLOP
 counter): an overhead no removal of Python or launch cost takes away.
 With --compile every method runs through torch.compile (sample.compile), CFG's model as well,
@@ -40,7 +43,7 @@ from pipeline.adapters import AdapterSet  # noqa: E402
 from pipeline.backends import BACKENDS, DiTFamily, load_base  # noqa: E402
 from pipeline.sampling import sample  # noqa: E402
 
-METHODS = ("cond", "cfg", "agd")
+METHODS = ("cond", "cfg", "agd", "agd-per-block")
 
 
 def dit_xl_2(device: torch.device) -> DiTFamily:
@@ -78,7 +81,8 @@ def time_methods(family, adapters, batch: int, steps: int, rounds: int, compile_
     sync = torch.cuda.synchronize if family.device.type == "cuda" else (lambda: None)
 
     def run(mode, n):
-        sample(family, cond, seeds, w, "DPMSolverMultistepScheduler", n, mode=mode, adapters=adapters)
+        adapters.fused = mode != "agd-per-block"
+        sample(family, cond, seeds, w, "DPMSolverMultistepScheduler", n, mode=mode.split("-")[0], adapters=adapters)
 
     if compile_:
         family.compile()
@@ -101,9 +105,10 @@ def report(name: str, batch: int, t: dict[str, float], steps: int) -> dict:
            "agd_ms": 1e3 * t["agd"], "overhead": t["agd"] / t["cond"] - 1, "agd_over_cfg": t["agd"] / t["cfg"],
            "bound": bound}
     row["gap"] = row["agd_over_cfg"] / bound - 1
+    row["per_block_overhead"] = t["agd-per-block"] / t["cond"] - 1
     print(f"{name:<10} {batch:>5} {row['plain_ms']:>10.2f} {row['cfg_ms']:>10.2f} {row['agd_ms']:>10.2f} "
-          f"{100 * row['overhead']:>+8.1f}% {row['agd_over_cfg']:>8.3f} {bound:>7.3f} {100 * row['gap']:>+6.1f}%",
-          flush=True)
+          f"{100 * row['overhead']:>+8.1f}% {row['agd_over_cfg']:>8.3f} {bound:>7.3f} {100 * row['gap']:>+6.1f}% "
+          f"{100 * row['per_block_overhead']:>+9.1f}%", flush=True)
     return row
 
 
@@ -131,7 +136,7 @@ def main():
     print(f"{devices.describe(device, torch.float32)}, threads {args.threads}, DPM-Solver++, w = 3, "
           f"{'compiled' if args.compile else 'eager'}; ms per image (whole sample)")
     print(f"{'model':<10} {'batch':>5} {'plain':>10} {'CFG':>10} {'AGD':>10} {'overhead':>9} {'AGD/CFG':>8} "
-          f"{'bound':>7} {'gap':>7}")
+          f"{'bound':>7} {'gap':>7} {'per-block':>10}")
     family = load_base("mnist-dit", args.base, device=str(device))
     if Path(args.adapters, "adapters.json").exists():
         adapters = AdapterSet.load(Path(args.adapters), family)

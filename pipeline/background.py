@@ -101,6 +101,7 @@ class Prefetcher:
         self.convert = convert or (lambda batch: batch)  # e.g. numpy -> tensors, in the thread too
         self.state = buffer.state()
         self.wait_s = 0.0
+        self.first_wait_s = None  # the first batch's wait: the shuffle buffer's initial fill, which nothing hides
         if depth:
             self._stop = threading.Event()
             self._queue: queue.Queue = queue.Queue(maxsize=depth)
@@ -130,6 +131,8 @@ class Prefetcher:
         start = time.perf_counter()
         item = self._queue.get() if self.depth else self._draw()
         self.wait_s += time.perf_counter() - start
+        if self.first_wait_s is None:
+            self.first_wait_s = self.wait_s
         if isinstance(item, BaseException):
             raise item
         batch, self.state = item

@@ -63,10 +63,12 @@ def open_store_for(family, traj_params) -> TrajectoryStore:
 
 
 def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKPOINT, on_start=None, on_step=None,
-        label: str = "train") -> tuple[AdapterSet, list[float], dict]:
+        label: str = "train", prefetch_depth: int = 2, stats: dict | None = None) -> tuple[AdapterSet, list[float], dict]:
     """Train adapters with settings p (TrainParams) on the store; resumes from checkpoint_path when it
     holds this run (None: no checkpoints). on_start(first_step) runs before the first step (0 unless
     resumed), on_step(step, losses, lr) after every step.
+    prefetch_depth: batches drawn ahead in a background thread (0: inline); `stats`, when given, receives
+    the loop's states per second and seconds spent waiting for data.
     Returns the adapters (attached to family), the loss per step and their size summary."""
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
                           p.w_gate).attach(family)
@@ -95,7 +97,7 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
         on_start(step)
     first_step, start = step, time.perf_counter()
     # the next batches are drawn and read from the store in a background thread while this step runs
-    with Tracker(label, p.steps, start=step) as tracker, Prefetcher(batches) as prefetch:
+    with Tracker(label, p.steps, start=step) as tracker, Prefetcher(batches, prefetch_depth) as prefetch:
         while step < p.steps:
             lr = warmup_cosine(step, p.steps, warmup, p.lr)
             for group in opt.param_groups:
@@ -125,8 +127,12 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
                                                   "rng": checkpoint.rng_state(), "step": step, "losses": losses})
     if step > first_step:
         seconds, states = time.perf_counter() - start, (step - first_step) * p.batch_size
+        wait, fill = prefetch.wait_s, prefetch.first_wait_s or 0.0
         log(f"{label}: {step - first_step} steps, {states:,} states in {seconds:.1f} s ({states / seconds:,.0f} "
-            f"states/s); waited {prefetch.wait_s:.1f} s for data ({100 * prefetch.wait_s / seconds:.1f} % of training)")
+            f"states/s); waited {wait:.1f} s for data ({100 * wait / seconds:.1f} % of training; "
+            f"{100 * (wait - fill) / seconds:.1f} % after the first batch, which fills the shuffle buffer)")
+        if stats is not None:
+            stats.update(seconds=seconds, states_per_s=states / seconds, wait_s=wait, fill_s=fill)
     return adapters, losses, summary
 
 
