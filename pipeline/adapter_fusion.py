@@ -16,6 +16,8 @@ models: J = 3 tokens, w, t and the class):
   sum to one, which carries the bias). In the block the layer becomes one (N, heads * J) x
   (heads * J, E) product. Used when heads * J <= width, where it is cheaper; text models' 77
   prompt tokens keep the plain attention.
+- the query projection folds into the keys the same way: scores = h (W_q^T K) + b_q K, one
+  (N, dim) x (dim, J * heads) product per block, with no reshuffling of heads.
 - without the content path, the (w - 1) gate and the addition to the module's output fold in too:
   the whole adapter is `baddbmm(output, P, g U)`.
 The parameters are the adapters' own (saved files are unchanged): this module only stacks them,
@@ -139,7 +141,7 @@ def per_step(adapter_set, fixed: Fixed, t_emb: torch.Tensor, s: dict) -> dict:
     g3 = None if gate is None else gate.view(-1, 1, 1)
     out = {}
     if "fold" in s and heads * j <= two_w // 2:
-        # scores = q k^T with q = W_q h + b_q: fold the query projection into the keys, (dim, H J) per
+        # scores = q k^T with q = W_q h + b_q: fold the query projection into the keys, (dim, J H) per
         # sample, so the block computes its scores with one product and no reshuffling of heads
         w_q, b_q = s["q"]  # (A, width, dim), (A, width)
         k = k * d ** -0.5

@@ -70,14 +70,24 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _alive(pid: int) -> bool:
+def _start_time(pid: int) -> str:
+    """The process's start time in clock ticks since boot (Linux), "" where unknown: with the id it
+    names a process uniquely, so an entry left by a killed process is not mistaken for a new one
+    that got its id."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return ""
+
+
+def _alive(pid: int, started: str) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # someone else's process with that id: count it, to be safe
-        return True
-    return True
+    except PermissionError:  # another user's process with that id: not an agd process of ours
+        return False
+    return not started or _start_time(pid) in ("", started)
 
 
 def _register() -> None:
@@ -85,7 +95,7 @@ def _register() -> None:
         return
     try:
         REGISTRY.mkdir(parents=True, exist_ok=True)
-        (REGISTRY / str(os.getpid())).touch()
+        (REGISTRY / str(os.getpid())).write_text(_start_time(os.getpid()))
         _state["registered"] = True
     except OSError:  # a read-only temp folder: behave as if alone
         return
@@ -104,7 +114,11 @@ def running_processes() -> int:
             pid = int(entry.name)
         except ValueError:
             continue
-        if pid == os.getpid() or _alive(pid):
+        try:
+            started = entry.read_text().strip()
+        except OSError:
+            continue
+        if pid == os.getpid() or _alive(pid, started):
             count += 1
         else:
             entry.unlink(missing_ok=True)

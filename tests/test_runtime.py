@@ -27,7 +27,8 @@ def test_each_agd_process_takes_its_share_of_the_cores(tmp_path, monkeypatch):
         assert runtime.rebalance(force=True) == 2 and torch.get_num_threads() == 2
         (tmp_path / "1").touch()  # init: always alive
         assert runtime.rebalance(force=True) == 1  # 4 cores // 3 processes
-        (tmp_path / "1").unlink()
+        (tmp_path / "1").write_text("12345")  # an entry of a killed process whose id was given to another
+        assert runtime.rebalance(force=True) == 2 and not (tmp_path / "1").exists()
         (tmp_path / str(os.getppid())).unlink()
         assert runtime.rebalance(force=True) == 4  # the others ended: threads come back
     finally:
