@@ -190,7 +190,7 @@ class AdapterSet(nn.Module):
             # the whole pass as one graph (the t-token's part, every block, every adapter): its
             # guards check the inputs, not every adapter's per-pass tensors the hooks read
             if self._compiled_pass is None:
-                self._compiled_pass = torch.compile(self._fused_pass, dynamic=False)
+                self._compiled_pass = torch.compile(self._fused_pass, dynamic=False, mode=family.compile_mode)
             try:
                 return self._compiled_pass(family, fixed, stacks, x, t, cond)
             finally:

@@ -165,6 +165,7 @@ class Family:
         return {"backend": self.spec.name, "fingerprint": self.fingerprint}
 
     compiled = False
+    compile_mode: str | None = None  # torch.compile's mode for every graph of this model (AGD's pass too)
 
     def compile(self) -> "Family":
         """torch.compile the denoiser in place, adapter hooks included (sample.compile).
@@ -180,8 +181,8 @@ class Family:
             cfg = torch._dynamo.config
             limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
             setattr(cfg, limit, max(getattr(cfg, limit), 64))  # batch shapes x (plain, adapters)
-            mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self.denoiser.compile(dynamic=False, mode=mode)
+            self.compile_mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.denoiser.compile(dynamic=False, mode=self.compile_mode)
             self.compiled = True
         return self
 
