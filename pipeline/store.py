@@ -137,6 +137,15 @@ class TrajectoryStore:
     def done(self) -> np.ndarray:
         return self.group["done"][...]
 
+    def remove_partial_writes(self) -> int:
+        """Delete the temporary files of chunk writes a kill interrupted (zarr writes a chunk to
+        `<chunk>.<uuid>.partial` and renames it): readers ignore them, but they would make an
+        interrupted-and-resumed store differ from an uninterrupted one, and DVC hash them."""
+        orphans = [p for p in self.path.rglob("*.partial") if p.is_file()]
+        for p in orphans:
+            p.unlink()
+        return len(orphans)
+
     def is_complete(self) -> bool:
         return bool(self.done().all())
 

@@ -25,6 +25,8 @@ def test_damaged_trajectories_are_rewritten_alone(project_copy, tiny_project):
     store = project_copy / STORE
     original = chunk_files(tiny_project / STORE)
     (store / "x/c/3/0/0/0/0").unlink()  # a lost chunk file: zarr would read zeros
+    # a kill between zarr's temporary write and its rename leaves <chunk>.<uuid>.partial behind
+    (store / "target/c/5/0/0/0/0.0123abcd.partial").write_bytes(b"half a chunk")
     x = zarr.open_array(str(store / "target"), mode="r+")
     values = x[11]
     values[0, 0, 0, 0] = np.inf
@@ -34,6 +36,7 @@ def test_damaged_trajectories_are_rewritten_alone(project_copy, tiny_project):
 
     done = agd(project_copy, "trajectories")
     assert "2 finished trajectories damaged" in done.stderr
+    assert "removed 1 temporary files of interrupted chunk writes" in done.stderr
     assert "3: chunk file x/c/3/0/0/0/0 is missing" in done.stderr and "11: target holds 1 non-finite" in done.stderr
     assert "18/20 finished" in done.stderr and "2 to make" in done.stderr
     assert chunk_files(store) == original  # the repaired trajectories are the original bytes

@@ -109,7 +109,11 @@ def _open_or_set_aside(path: Path, attrs: dict) -> TrajectoryStore | None:
 
 
 def _repair(store: TrajectoryStore) -> None:
-    """Mark finished trajectories that cannot be trained on as unfinished, so they are made again."""
+    """Mark finished trajectories that cannot be trained on as unfinished, so they are made again;
+    remove what interrupted chunk writes left behind."""
+    orphans = store.remove_partial_writes()
+    if orphans:
+        log(f"trajectories: removed {orphans} temporary files of interrupted chunk writes")
     with Tracker("trajectories: checking finished trajectories", int(store.done().sum())) as tracker:
         damaged = store.damaged(progress=tracker.advance)
     if damaged:
