@@ -104,8 +104,8 @@ def _keys_values(s: dict, tokens: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bjaw,aew->bjae", normed, weight) + bias
 
 
-def prepare(adapter_set, w: torch.Tensor, c_tokens: torch.Tensor) -> Fixed:
-    s = adapter_set.stacks.get()
+def prepare(adapter_set, w: torch.Tensor, c_tokens: torch.Tensor, s: dict) -> Fixed:
+    """What depends on (w, c) alone; `s`: the stacked parameters (Stacks.get)."""
     w_emb = adapter_set.guidance(w)
     c_tokens = c_tokens.to(w_emb.dtype)
     a = len(adapter_set.targets)

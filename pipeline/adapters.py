@@ -171,21 +171,22 @@ class AdapterSet(nn.Module):
             return output + delta.to(output.dtype)
         return hook
 
-    def context(self, family, cond: dict, w: torch.Tensor) -> adapter_fusion.Fixed:
+    def context(self, family, cond: dict, w: torch.Tensor, stacks: dict | None = None) -> adapter_fusion.Fixed:
         """What the adapters compute from the condition and w alone: once per sample run."""
         with torch.no_grad():
             c_tokens = family.adapter_condition(cond)
-        return adapter_fusion.prepare(self, w.to(family.device), c_tokens)
+        return adapter_fusion.prepare(self, w.to(family.device), c_tokens, stacks or self.stacks.get())
 
-    def step(self, family, fixed: adapter_fusion.Fixed, x, t, cond) -> torch.Tensor:
-        """One pass of the base with the adapters, given `context`'s result for these samples."""
+    def step(self, family, fixed: adapter_fusion.Fixed, x, t, cond, stacks: dict | None = None) -> torch.Tensor:
+        """One pass of the base with the adapters, given `context`'s result for these samples.
+        `stacks`: the stacked parameters, when the caller already has them (a training pass)."""
         if not self.fused:
             with torch.no_grad():
                 t_emb = family.adapter_time(t)
             w_emb, c_tokens = fixed.reference
             self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, fixed.gate)}
             return self._forward(family, x, t, cond)
-        stacks = self.stacks.get()
+        stacks = stacks or self.stacks.get()
         if family.compiled and not torch.is_grad_enabled():
             # the whole pass as one graph (the t-token's part, every block, every adapter): its
             # guards check the inputs, not every adapter's per-pass tensors the hooks read
@@ -210,7 +211,8 @@ class AdapterSet(nn.Module):
 
     def forward(self, family, x, t, cond, w) -> torch.Tensor:
         """One pass of the base with adapters at guidance scale w: AGD's replacement for CFG."""
-        return self.step(family, self.context(family, cond, w), x, t, cond)
+        stacks = self.stacks.get()  # rebuilt on every call while training: once per pass, not twice
+        return self.step(family, self.context(family, cond, w, stacks), x, t, cond, stacks)
 
     def release(self) -> None:
         """Drop the per-pass inputs (kept during training so checkpointed blocks can recompute)."""
