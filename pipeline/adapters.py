@@ -134,6 +134,7 @@ class AdapterSet(nn.Module):
             _key(name): cls(_output_dim(modules[name]), width, w_dim, t_dim, c_dim, heads, mlp) for name in self.targets
         })
         self.base_identity = family.identity()
+        self._family = family  # for the half-precision fingerprints `save` records
         self.base_parameters = family.num_parameters()
         # fused: the grouped, once-per-pass path (pipeline.adapter_fusion); False runs each adapter's
         # own forward in its block, the reference the fused path is tested against
@@ -177,14 +178,23 @@ class AdapterSet(nn.Module):
             c_tokens = family.adapter_condition(cond)
         return adapter_fusion.prepare(self, w.to(family.device), c_tokens, stacks or self.stacks.get())
 
+    def begin(self, family, fixed: adapter_fusion.Fixed, t: torch.Tensor, stacks: dict | None = None) -> None:
+        """Arm the hooks for the denoiser's next pass at timesteps t (B,); `release` disarms them.
+        For callers that run the denoiser themselves (the diffusers integration); `step` does both."""
+        if self.fused:
+            self._step = adapter_fusion.per_step(self, fixed, family.adapter_time(t).detach(),
+                                                 stacks or self.stacks.get())
+            return
+        with torch.no_grad():
+            t_emb = family.adapter_time(t)
+        w_emb, c_tokens = fixed.reference
+        self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, fixed.gate)}
+
     def step(self, family, fixed: adapter_fusion.Fixed, x, t, cond, stacks: dict | None = None) -> torch.Tensor:
         """One pass of the base with the adapters, given `context`'s result for these samples.
         `stacks`: the stacked parameters, when the caller already has them (a training pass)."""
         if not self.fused:
-            with torch.no_grad():
-                t_emb = family.adapter_time(t)
-            w_emb, c_tokens = fixed.reference
-            self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, fixed.gate)}
+            self.begin(family, fixed, t)
             return self._forward(family, x, t, cond)
         stacks = stacks or self.stacks.get()
         if family.compiled and not torch.is_grad_enabled():
@@ -199,7 +209,7 @@ class AdapterSet(nn.Module):
         return self._fused_pass(family, fixed, stacks, x, t, cond)
 
     def _fused_pass(self, family, fixed, stacks, x, t, cond) -> torch.Tensor:
-        self._step = adapter_fusion.per_step(self, fixed, family.adapter_time(t).detach(), stacks)
+        self.begin(family, fixed, t, stacks)
         return self._forward(family, x, t, cond)
 
     def _forward(self, family, x, t, cond) -> torch.Tensor:
@@ -234,7 +244,8 @@ class AdapterSet(nn.Module):
         save_file({k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()},
                   str(out_dir / "adapters.safetensors"))
         meta = {"format_version": FORMAT_VERSION, **self.config, "targets": self.targets,
-                "base": self.base_identity, **self.summary()}
+                "base": {**self.base_identity, "fingerprints": self._family.precision_fingerprints()},
+                **self.summary()}
         (out_dir / "adapters.json").write_text(json.dumps(meta, indent=2) + "\n")
 
     @classmethod
@@ -258,8 +269,16 @@ class AdapterSet(nn.Module):
         if meta.get("format_version") != FORMAT_VERSION:
             raise AGDError(str(meta_file), f"adapter format {meta.get('format_version')} is not {FORMAT_VERSION}",
                            "re-train the adapters with this version")
-        if meta.get("base", {}).get("fingerprint") != family.fingerprint:
-            raise AGDError(str(meta_file), f"made for base {meta.get('base')}, not {family.identity()}",
+        base = meta.get("base", {})
+        dtype = family.fingerprint_dtype
+        recorded = base.get("fingerprint") if dtype == "float32" else base.get("fingerprints", {}).get(dtype)
+        if recorded is None:
+            raise AGDError(str(meta_file), f"records no fingerprint of the base in {dtype} (written before "
+                           "adapter files recorded half-precision fingerprints)",
+                           "load the base in float32, or re-save the adapters with this version (`agd train`)")
+        if recorded != family.fingerprint:
+            shown = {k: v for k, v in base.items() if k != "fingerprints"}
+            raise AGDError(str(meta_file), f"made for base {shown}, not {family.identity()} ({dtype} weights)",
                            "load the base model these adapters were trained on, or re-train them")
         adapters = cls(family, **config)
         try:

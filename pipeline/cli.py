@@ -184,7 +184,9 @@ def sample(
     backend: str = typer.Option(None, help="Backend (default: base.backend in params.yaml)."),
     base_path: str = typer.Option(None, "--base", help="Base model folder or hub id (default: base.path)."),
     adapters: str = typer.Option(None, help="Adapter folder from `agd train` (default: train.output)."),
-    steps: int = typer.Option(25, min=1, help="Sampler steps (the sampler is trajectories.scheduler)."),
+    scheduler: str = typer.Option(None, help="A diffusers scheduler class, e.g. DPMSolverMultistepScheduler "
+                                  "(default: trajectories.scheduler, the one the adapters were trained on)."),
+    steps: int = typer.Option(25, min=1, help="Sampler steps."),
     seed: int = typer.Option(0, help="Seed of the first sample; the others follow."),
     guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
@@ -192,7 +194,10 @@ def sample(
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (default: "
                                   "sample.compile); pays off when many batches follow, or on CUDA (CUDA graphs)."),
 ) -> None:
-    """Generate with a base and trained adapters at a chosen guidance scale, one pass per step."""
+    """Generate with a base and trained adapters at a chosen guidance scale, one pass per step.
+
+    DiT-XL/2, SD 2.x and SDXL run their diffusers pipeline with AGD enabled (as `enable_agd` does);
+    the embedded default, which no diffusers pipeline fits, runs the pipeline's own sampling loop."""
 
     def go():
         import numpy as np
@@ -222,7 +227,7 @@ def sample(
         else:
             raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
         images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
-                          scheduler=load_section("trajectories").scheduler, guidance=guidance)
+                          scheduler=scheduler or load_section("trajectories").scheduler, guidance=guidance)
         print(f"sample: on {devices.describe(family.device, family.dtype)}")
         row = np.concatenate(list(images), axis=1)
         Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(out)

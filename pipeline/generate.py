@@ -3,6 +3,11 @@
     from pipeline.generate import load_agd, generate
     family, adapters = load_agd("mnist-dit", "models/base-mnist-dit", "models/adapters")
     images = generate(family, adapters, [3, 5, 7], w=3.0)   # uint8 (N, H, W, C)
+
+Where diffusers has a pipeline for the model (DiT-XL/2, SD 2.x, SDXL) this runs that pipeline with
+AGD enabled (pipeline.diffusers_agd), the same mechanism a diffusers user calls; the embedded
+pixel-space default, which no diffusers pipeline fits, runs our sampling loop (pipeline.sampling),
+which gives the same latents (tests/test_diffusers.py).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from pipeline.adapters import AdapterSet
 from pipeline.backends import load_base
 from pipeline.errors import AGDError
-from pipeline.sampling import sample
+from pipeline.sampling import family_scheduler, sample, seeded_generators
 
 
 def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "float32", device: str = "auto",
@@ -27,14 +32,29 @@ def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "floa
 
 def generate(family, adapters, conditions: list, w: float, seeds=None, num_steps: int = 25,
              scheduler: str = "DPMSolverMultistepScheduler", guidance: str = "agd") -> np.ndarray:
-    """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (2 passes)."""
+    """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (2 passes).
+    Sample i starts from seed i's noise (seeds: default 0, 1, ...), whatever the batch."""
+    from pipeline import diffusers_agd
+
     if w < 0:
         raise AGDError("w", f"guidance scale {w} is negative", "use w >= 0 (w = 1 is unguided)")
-    key = "label" if family.spec.condition == "class" else "caption"
-    items = [{key: c} for c in conditions]
-    seeds = np.arange(len(items)) if seeds is None else np.asarray(seeds)
-    cond = family.condition_batch(family.condition_arrays(items))
-    family.release_text_encoders()
-    x = sample(family, cond, seeds, torch.full((len(items),), float(w)), scheduler, num_steps,
-               mode=guidance, adapters=adapters)
-    return family.decode(x).cpu().numpy()
+    if guidance not in ("agd", "cfg"):
+        raise AGDError("--guidance", f"{guidance!r} is not a guidance", "use agd (one pass) or cfg (two passes)")
+    seeds = np.arange(len(conditions)) if seeds is None else np.asarray(seeds)
+    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps"))
+    if pipe is None:
+        key = "label" if family.spec.condition == "class" else "caption"
+        cond = family.condition_batch(family.condition_arrays([{key: c} for c in conditions]))
+        family.release_text_encoders()
+        x = sample(family, cond, seeds, torch.full((len(conditions),), float(w)), scheduler, num_steps,
+                   mode=guidance, adapters=adapters)
+        return family.decode(x).cpu().numpy()
+    pipe.set_progress_bar_config(disable=True)
+    if guidance == "agd":
+        diffusers_agd.attach(pipe, family, adapters)
+    try:
+        out = pipe(**family.pipeline_inputs(conditions), guidance_scale=float(w), num_inference_steps=num_steps,
+                   generator=seeded_generators(seeds), output_type="np")
+    finally:
+        diffusers_agd.disable_agd(pipe)
+    return (np.asarray(out.images) * 255).round().astype(np.uint8)

@@ -36,14 +36,13 @@ def tiny_vae():
 
 
 def save_dit_xl_like(path: Path) -> Path:
-    from diffusers import DDIMScheduler, DiTTransformer2DModel
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
 
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(num_attention_heads=2, attention_head_dim=8, in_channels=4, out_channels=8,
                                         num_layers=2, sample_size=8, patch_size=2, num_embeds_ada_norm=1000)
-    transformer.save_pretrained(path / "transformer")
-    tiny_vae().save_pretrained(path / "vae")
-    DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False).save_pretrained(path / "scheduler")
+    scheduler = DDIMScheduler(beta_schedule="linear", beta_start=0.0001, beta_end=0.02, clip_sample=False)
+    DiTPipeline(transformer=transformer, vae=tiny_vae(), scheduler=scheduler).save_pretrained(path)
     return path
 
 

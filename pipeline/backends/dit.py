@@ -50,6 +50,26 @@ class DiTFamily(Family):
                 vae.to(dtype)
         return family.freeze()
 
+    pipeline_classes = ("DiTPipeline",)
+
+    @classmethod
+    def from_pipeline(cls, spec, pipe):
+        family = cls(spec, pipe.name_or_path, pipe.transformer, dict(pipe.scheduler.config), pipe.vae)
+        family.fingerprint_dtype = str(family.dtype).removeprefix("torch.")
+        return family
+
+    def call_condition(self, arguments):
+        return {"labels": arguments["class_labels"]}
+
+    def build_pipeline(self, scheduler):
+        # DiTPipeline decodes through a VAE, writes the null class as 1,000 and guides every epsilon
+        # channel: only a DiT-XL/2-like model guided like it fits
+        if self.vae is None or self.num_classes != 1000 or self.cfg_channels:
+            return None
+        from diffusers import DiTPipeline
+
+        return DiTPipeline(transformer=self.denoiser, vae=self.vae_on_device(), scheduler=scheduler)
+
     def modules(self):
         return [self.denoiser] + ([self.vae] if self.vae is not None else [])
 

@@ -18,10 +18,24 @@ if TYPE_CHECKING:
     from pipeline.backends import BackendSpec
 
 
-def state_fingerprint(module: nn.Module) -> str:
-    """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict."""
+def _base_weights(module: nn.Module) -> dict[str, torch.Tensor]:
+    """The state dict under any LoRA that peft injected (unfused): its layers dropped, the wrapped
+    layers under their own names. A model with a LoRA loaded is still identified as its base."""
+    out = {}
+    for name, tensor in module.state_dict().items():
+        if ".lora_" in name or "lora_magnitude_vector" in name:
+            continue
+        out[name.replace(".base_layer.", ".")] = tensor
+    return out
+
+
+def state_fingerprint(module: nn.Module, dtype: torch.dtype | None = None) -> str:
+    """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict.
+    dtype: of the weights cast to it (floating tensors), as a pipeline loaded in that dtype holds them."""
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(_base_weights(module).items()):
+        if dtype is not None and tensor.is_floating_point():
+            tensor = tensor.to(dtype)
         if tensor.is_meta:  # shape-only models (size reports, benchmarks): names and shapes identify them
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
             continue
@@ -124,6 +138,27 @@ class Family:
     def embedding_dims(self) -> tuple[int, int]:
         raise NotImplementedError
 
+    # --- diffusers pipelines (pipeline.diffusers_agd) ---------------------------------------
+    pipeline_classes: tuple[str, ...] = ()  # the diffusers pipeline classes AGD is tested inside
+
+    @classmethod
+    def from_pipeline(cls, spec: BackendSpec, pipe) -> "Family":
+        """The family around a loaded diffusers pipeline's own components (nothing is copied)."""
+        raise NotImplementedError
+
+    def call_condition(self, arguments: dict) -> dict:
+        """The condition of one denoiser call, from its arguments bound by name."""
+        raise NotImplementedError
+
+    def build_pipeline(self, scheduler):
+        """A diffusers pipeline around this family's loaded components, or None where diffusers has
+        none for the model (the embedded pixel-space default)."""
+        return None
+
+    def pipeline_inputs(self, conditions: list) -> dict:
+        """The pipeline's condition arguments for a list of class labels or captions."""
+        return {"class_labels": list(conditions)} if self.spec.condition == "class" else {"prompt": list(conditions)}
+
     # --- shapes and images ----------------------------------------------------------------
     @property
     def latent_shape(self) -> tuple[int, int, int]:
@@ -159,6 +194,18 @@ class Family:
     def identity(self) -> dict:
         """What adapter files record about the base (the path only as a hint for people)."""
         return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
+
+    fingerprint_dtype = "float32"  # the weights `fingerprint` hashes: full precision, unless from_pipeline
+
+    def precision_fingerprints(self) -> dict[str, str]:
+        """The fingerprints of the weights in half precision, which adapter files also record, so a
+        diffusers pipeline loaded with torch_dtype=float16 / bfloat16 is recognised as the base."""
+        if self.fingerprint_dtype != "float32":
+            return {self.fingerprint_dtype: self.fingerprint}
+        if self.dtype != torch.float32:  # converted after loading: the full-precision weights are gone
+            return {str(self.dtype).removeprefix("torch."): state_fingerprint(self.denoiser)}
+        return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in
+                (("float16", torch.float16), ("bfloat16", torch.bfloat16))}
 
     def content_identity(self) -> dict:
         """What decides the content of a trajectory store: the weights, not where they lie."""

@@ -46,6 +46,26 @@ class SDFamily(Family):
     def modules(self):
         return [self.denoiser, self.vae]
 
+    # --- diffusers pipelines ---------------------------------------------------------------
+    pipeline_classes = ("StableDiffusionPipeline", "StableDiffusionControlNetPipeline")
+
+    @classmethod
+    def from_pipeline(cls, spec, pipe):
+        family = cls(spec, pipe.name_or_path, pipe.unet, dict(pipe.scheduler.config), pipe.vae, pipe.unet.dtype)
+        family.fingerprint_dtype = str(pipe.unet.dtype).removeprefix("torch.")
+        return family
+
+    def call_condition(self, arguments):
+        return {"prompt_embeds": arguments["encoder_hidden_states"]}
+
+    def build_pipeline(self, scheduler):
+        from diffusers import StableDiffusionPipeline
+
+        (tokenizer, encoder), = self.text_models()
+        return StableDiffusionPipeline(vae=self.vae_on_device(), text_encoder=encoder, tokenizer=tokenizer,
+                                       unet=self.denoiser, scheduler=scheduler, safety_checker=None,
+                                       feature_extractor=None, requires_safety_checker=False)
+
     # --- text ------------------------------------------------------------------------------
     def text_models(self):
         from transformers import AutoTokenizer, CLIPTextModel, CLIPTextModelWithProjection
@@ -131,6 +151,21 @@ class SDXLFamily(SDFamily):
         size = self.latent_shape[1] * 2 ** (len(self.vae.config.block_out_channels) - 1)
         time_ids = torch.tensor([[size, size, 0, 0, size, size]], dtype=torch.float32).repeat(len(captions), 1)
         return {"prompt_embeds": torch.cat(hidden, dim=-1), "pooled": pooled, "time_ids": time_ids}
+
+    pipeline_classes = ("StableDiffusionXLPipeline",)
+
+    def call_condition(self, arguments):
+        added = arguments["added_cond_kwargs"]
+        return {"prompt_embeds": arguments["encoder_hidden_states"], "pooled": added["text_embeds"],
+                "time_ids": added["time_ids"]}
+
+    def build_pipeline(self, scheduler):
+        from diffusers import StableDiffusionXLPipeline
+
+        (tokenizer, encoder), (tokenizer_2, encoder_2) = self.text_models()
+        return StableDiffusionXLPipeline(vae=self.vae_on_device(), text_encoder=encoder, text_encoder_2=encoder_2,
+                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=self.denoiser,
+                                         scheduler=scheduler)
 
     def null_embeds(self):
         if self._null is None:
