@@ -31,7 +31,7 @@ from pipeline import runtime  # noqa: E402
 def train_lora(family, rank: int, steps: int, digits: list[int], lr: float, batch_size: int) -> float:
     """Add a LoRA to the base and train it; returns the last loss."""
     import torch
-    from peft import LoraConfig
+    from peft import LoraConfig, inject_adapter_in_model
 
     from pipeline import mnist
     from pipeline.config import load_section
@@ -44,7 +44,9 @@ def train_lora(family, rank: int, steps: int, digits: list[int], lr: float, batc
     x_all, y_all = mnist.to_model_space(images[keep]), torch.from_numpy(labels[keep])
     model = family.denoiser
     torch.manual_seed(pre.seed)
-    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    # peft directly: DiTTransformer2DModel has no diffusers LoRA loader (UNets do: load_lora_weights)
+    inject_adapter_in_model(LoraConfig(r=rank, lora_alpha=rank, target_modules=["to_q", "to_k", "to_v", "to_out.0"]),
+                            model)
     params = [p for n, p in model.named_parameters() if "lora_" in n]
     for p in params:
         p.requires_grad_(True)
@@ -63,7 +65,7 @@ def train_lora(family, rank: int, steps: int, digits: list[int], lr: float, batc
             tracker.advance(1, loss=loss.item())
     for p in params:
         p.requires_grad_(False)
-    return float(loss)
+    return float(loss.detach())
 
 
 def main() -> None:
@@ -108,7 +110,9 @@ def main() -> None:
     last_loss = train_lora(family, args.rank, args.steps, digits, args.lr, args.batch_size)
     same_base = state_fingerprint(family.denoiser) == family.fingerprint
     for scale in (float(s) for s in args.scales.split(",")):
-        family.denoiser.set_adapters(["default"], weights=[scale])
+        for module in family.denoiser.modules():
+            if hasattr(module, "set_scale") and hasattr(module, "lora_A"):
+                module.set_scale("default", scale)
         moved = ((conditional() - before).norm() / before.norm()).item()
         rows[f"lora{scale:g}"] = {**measure(), "lora_scale": scale, "output_change": round(moved, 4)}
     for row in rows.values():

@@ -26,6 +26,19 @@ def _guard(fn, *args, light: bool = False, **kwargs):
         raise typer.Exit(2)
 
 
+def _launched(stage: str) -> None:
+    """With launch.nproc > 1 and no launcher around this process, run the stage under torchrun instead."""
+    from pipeline import distributed
+    from pipeline.config import load_section
+
+    nproc = _guard(lambda: load_section("launch").nproc, light=True)
+    if stage == "train":  # before starting processes that would all refuse it
+        _guard(lambda: distributed.check_split(load_section("train").batch_size, nproc), light=True)
+    code = distributed.relaunch(stage, nproc)
+    if code is not None:
+        raise typer.Exit(code)
+
+
 @app.command()
 def check() -> None:
     """Validate params.yaml as a whole; the first DVC stage, so a mistake stops `dvc repro` before outputs go."""
@@ -84,17 +97,21 @@ def conditions() -> None:
 
 @app.command()
 def trajectories() -> None:
-    """Record CFG-guided sampling trajectories into the Zarr store; resumes (params.yaml: trajectories)."""
+    """Record CFG-guided sampling trajectories into the Zarr store; resumes (params.yaml: trajectories).
+    With launch.nproc > 1, or under torchrun, several processes share the trajectories."""
     from pipeline.stages import trajectories as stage
 
+    _launched("trajectories")
     _guard(stage.run)
 
 
 @app.command()
 def train() -> None:
-    """Train the guidance adapters on the trajectory store; resumes from checkpoints (params.yaml: train)."""
+    """Train the guidance adapters on the trajectory store; resumes from checkpoints (params.yaml: train).
+    With launch.nproc > 1, or under torchrun, DistributedDataParallel over the adapters."""
     from pipeline.stages import train as stage
 
+    _launched("train")
     _guard(stage.run)
 
 

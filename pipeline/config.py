@@ -119,6 +119,16 @@ class SampleParams:
 
 
 @dataclass
+class LaunchParams:
+    """How many processes `agd trajectories` and `agd train` run as (pipeline.distributed)."""
+
+    # 1: one process; N > 1: the stage starts itself under `torchrun --standalone --nproc-per-node N`
+    # (one per GPU). Not a DVC param of any stage: the store is byte-identical and the adapters equal
+    # to float tolerance whatever N, so changing it re-runs nothing.
+    nproc: int = 1
+
+
+@dataclass
 class TrajectoriesParams:
     """The CFG sampler whose trajectories become training data."""
 
@@ -177,6 +187,7 @@ SECTIONS: dict[str, type] = {
     "pretrain": PretrainParams,
     "conditions": ConditionsParams,
     "sample": SampleParams,
+    "launch": LaunchParams,
     "trajectories": TrajectoriesParams,
     "train": TrainParams,
     "evaluate": EvaluateParams,
@@ -191,6 +202,7 @@ POSITIVE = {
     "pretrain": ["num_layers", "num_heads", "head_dim", "patch_size", "steps", "batch_size", "lr",
                  "checkpoint_every"],
     "conditions": ["per_class", "num_captions"],
+    "launch": ["nproc"],
     "trajectories": ["num_steps", "batch_size"],
     "train": ["width", "heads", "fourier_features", "steps", "batch_size", "lr",
               "buffer_trajectories", "checkpoint_every"],

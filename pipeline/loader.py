@@ -15,8 +15,11 @@ from pipeline.store import TrajectoryStore
 
 
 class ShuffleBuffer:
-    def __init__(self, store: TrajectoryStore, batch_size: int, capacity: int, seed: int):
-        self.store, self.batch_size = store, batch_size
+    """rows: this process's slice of every batch (multi-process training: each rank draws the same
+    global batch from the same state, and reads only the trajectories its rows need, when it needs them)."""
+
+    def __init__(self, store: TrajectoryStore, batch_size: int, capacity: int, seed: int, rows: slice | None = None):
+        self.store, self.batch_size, self.rows = store, batch_size, rows
         self.n, self.capacity = len(store), min(capacity, len(store))
         self.meta = store.meta()
         self.num_steps = len(self.meta["t"])
@@ -35,8 +38,9 @@ class ShuffleBuffer:
     def _fill(self) -> None:
         while len(self.ids) < self.capacity:
             self.ids.append(self._next_id())
-        for i in set(self.ids) - set(self._cache):
-            self._cache[i] = self.store.read(i)
+        if self.rows is None:
+            for i in set(self.ids) - set(self._cache):
+                self._cache[i] = self.store.read(i)
         for i in set(self._cache) - set(self.ids):
             del self._cache[i]
 
@@ -46,6 +50,10 @@ class ShuffleBuffer:
         slots = self.rng.integers(0, len(self.ids), self.batch_size)
         steps = self.rng.integers(0, self.num_steps, self.batch_size)
         traj = np.array([self.ids[s] for s in slots])
+        if self.rows is not None:
+            traj, steps = traj[self.rows], steps[self.rows]
+            for i in set(traj.tolist()) - set(self._cache):
+                self._cache[i] = self.store.read(i)
         batch = {name: np.stack([self._cache[i][name][s] for i, s in zip(traj, steps)]) for name in ("x", "target")}
         batch["t"] = self.meta["t"][steps]
         for name, values in self.meta.items():

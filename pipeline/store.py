@@ -8,7 +8,7 @@ Layout (N trajectories of S steps, latent shape C x H x W, model output channels
     w        (N,)                 float32  guidance scale per trajectory
     seed     (N,)                 int64    noise seed per trajectory
     cond/*   (N, ...)             condition arrays (class label; prompt embeddings for text models)
-    done     (N,)                 bool     completion mask, written after a batch's chunks
+    done     (N,)                 bool     completion mask, written after a batch's chunks (a chunk each)
 
 Crash safety: a new store is built under `<path>.creating` and renamed into place; chunk files
 are replaced atomically by zarr's local store; `done[i]` is set only after trajectory i's chunks
@@ -46,8 +46,9 @@ def _compressors():
 class StoreLock:
     """Exclusive writer lock: a second writer of the same store is refused, not interleaved."""
 
-    def __init__(self, path: Path):
-        self.file = Path(str(path) + ".lock")
+    def __init__(self, path: Path, rank: int = 0):
+        # one lock per rank of a multi-process collection: a second run's rank r meets the first's
+        self.file = Path(str(path) + (".lock" if rank == 0 else f".rank{rank}.lock"))
 
     def __enter__(self):
         self.file.parent.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,8 @@ class TrajectoryStore:
         for name, values in small.items():
             row_bytes = max(values[0].nbytes, 1) if len(values) else 1
             rows = int(min(len(values), max(1, (4 << 20) // row_bytes)))  # ~4 MB chunks at most
+            if name == "done":  # one chunk per trajectory: processes writing disjoint trajectories never
+                rows = 1        # write the same mask file (pipeline.distributed)
             arr = group.create_array(name, shape=values.shape, chunks=(rows, *values.shape[1:]),
                                      dtype=values.dtype, compressors=_compressors(),
                                      fill_value=False if values.dtype == bool else 0)
@@ -145,6 +148,10 @@ class TrajectoryStore:
         for p in orphans:
             p.unlink()
         return len(orphans)
+
+    def mask_per_trajectory(self) -> bool:
+        """Is the completion mask one chunk per trajectory (stores made since multi-process collection)?"""
+        return self.group["done"].chunks[0] == 1 or len(self) == 1
 
     def is_complete(self) -> bool:
         return bool(self.done().all())
@@ -202,9 +209,10 @@ class TrajectoryStore:
     # --- writing -----------------------------------------------------------------------------
     def write(self, indices, arrays: dict[str, np.ndarray]) -> None:
         """Write finished trajectories' chunks, then mark them done (in that order)."""
-        done = self.done()
-        if done[list(indices)].any():
-            raise RuntimeError(f"trajectories {list(np.flatnonzero(done[list(indices)]))} are finished already")
+        indices = [int(i) for i in indices]
+        done = self.group["done"].oindex[indices]  # only these entries: other processes write the rest
+        if done.any():
+            raise RuntimeError(f"trajectories {[i for i, d in zip(indices, done) if d]} are finished already")
         for name in TRAJECTORY_ARRAYS:  # never store what no one could train on
             bad = [int(indices[r]) for r in range(len(indices)) if not np.isfinite(arrays[name][r]).all()]
             if bad:
@@ -216,12 +224,9 @@ class TrajectoryStore:
         for row, i in enumerate(indices):
             for name in TRAJECTORY_ARRAYS:
                 self.group[name][i] = arrays[name][row]
-        done[list(indices)] = True
-        self.group["done"][...] = done  # one small chunk, replaced atomically
+        self.group["done"].oindex[indices] = True  # mask chunks are replaced atomically
 
     def unmark(self, indices) -> None:
         """Mark damaged trajectories unfinished, so that the next write replaces them."""
-        done = self.done()
-        done[list(indices)] = False
-        self.group["done"][...] = done
+        self.group["done"].oindex[[int(i) for i in indices]] = False
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pipeline import checkpoint, devices, preflight
+from pipeline import checkpoint, devices, distributed, preflight
 from pipeline.adapters import AdapterSet
 from pipeline.background import Prefetcher
 from pipeline.backends import DTYPES, load_base
@@ -70,6 +70,8 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
     prefetch_depth: batches drawn ahead in a background thread (0: inline); `stats`, when given, receives
     the loop's states per second and seconds spent waiting for data.
     Returns the adapters (attached to family), the loss per step and their size summary."""
+    world = distributed.world()
+    distributed.check_split(p.batch_size, world.size)  # under a launcher that did not check it
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
                           p.w_gate).attach(family)
     if p.gradient_checkpointing:
@@ -78,7 +80,16 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
     log(f"{label}: {p.architecture} adapters on {summary['modules']} modules: {summary['parameters']:,} parameters "
         f"= {summary['percent_of_base']:.2f} % of the base's {summary['base_parameters']:,}")
     opt = torch.optim.Adam(adapters.parameters(), lr=p.lr, weight_decay=0.0)
-    batches = ShuffleBuffer(store, p.batch_size, p.buffer_trajectories, p.seed)
+    # every rank draws the same global batch and trains on its slice; DDP averages the adapters'
+    # gradients (the frozen base is not wrapped), so one step is the single-process step
+    per_rank = p.batch_size // world.size
+    rows = slice(world.rank * per_rank, (world.rank + 1) * per_rank) if world.size > 1 else None
+    batches = ShuffleBuffer(store, p.batch_size, p.buffer_trajectories, p.seed, rows)
+    model = adapters
+    if world.size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(adapters, device_ids=[family.device] if family.device.type == "cuda" else None)
     torch.manual_seed(p.seed)
     run_id = hashlib.sha256(json.dumps([asdict(p), store.attrs.get("conditions_sha256"),
                                         family.fingerprint]).encode()).hexdigest()[:16]
@@ -91,6 +102,11 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
         checkpoint.set_rng_state(state["rng"])
         step, losses = state["step"], state["losses"]
         log(f"{label}: resuming from {checkpoint_path} at step {step}")
+        written_by = state.get("world_size", 1)
+        if written_by != world.size:
+            log(f"{label}: the checkpoint was written by {written_by} processes, this run has {world.size}: the "
+                f"global batch (train.batch_size {p.batch_size}) and the data order do not depend on the number of "
+                "processes, so training continues as it would have (to float tolerance)")
     autocast = DTYPES.get(p.autocast) if p.autocast != "none" else None
     warmup = int(p.warmup_fraction * p.steps)
     if on_start is not None:
@@ -109,22 +125,24 @@ def fit(family, store: TrajectoryStore, p, checkpoint_path: Path | None = CHECKP
             w = torch.from_numpy(b["w"]).to(family.device)
             cond = family.condition_batch({k[5:]: v for k, v in b.items() if k.startswith("cond/")})
             with torch.autocast(family.device.type, dtype=autocast, enabled=autocast is not None):
-                out = adapters(family, x, t, cond, w)
+                out = model(family, x, t, cond, w)
             loss = F.mse_loss(family.guided_channels(out).float(), family.guided_channels(target).float())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             adapters.release()
             step += 1
-            losses.append(loss.item())
+            losses.append(distributed.mean(loss.detach()).item())  # the global batch's loss on every rank
             tracker.advance(1, loss=sum(losses[-20:]) / len(losses[-20:]), lr=lr)
             if on_step is not None:
                 on_step(step, losses, lr)
-            if checkpoint_path is not None and step % p.checkpoint_every == 0 and step < p.steps:
-                # the buffer state after the last batch consumed, not after the ones prefetched
+            if checkpoint_path is not None and step % p.checkpoint_every == 0 and step < p.steps and world.main:
+                # the buffer state after the last batch consumed, not after the ones prefetched; the
+                # same on every rank, so rank 0's checkpoint resumes them all
                 checkpoint.save(checkpoint_path, {"run_id": run_id, "adapters": adapters.state_dict(),
                                                   "opt": opt.state_dict(), "data": prefetch.state,
-                                                  "rng": checkpoint.rng_state(), "step": step, "losses": losses})
+                                                  "rng": checkpoint.rng_state(), "step": step, "losses": losses,
+                                                  "world_size": world.size})
     if step > first_step:
         seconds, states = time.perf_counter() - start, (step - first_step) * p.batch_size
         wait, fill = prefetch.wait_s, prefetch.first_wait_s or 0.0
@@ -140,9 +158,16 @@ def run() -> None:
     base, traj, p = load_section("base"), load_section("trajectories"), load_section("train")
     preflight.writable_all([("params.yaml: train.output", p.output, "folder"), ("checkpoint", CHECKPOINT, "file"),
                             ("report", REPORT, "file"), ("loss curve", LIVE_DIR, "folder")])
-    family = load_base(**asdict(base))
-    log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}")
-    store = open_store_for(family, traj)
+    world = distributed.world()
+    family = load_base(**{**asdict(base), "device": distributed.local_device(base.device)})
+    distributed.init(family.device)
+    log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}"
+        + (f", rank {world.rank} of {world.size} (DistributedDataParallel)" if world.size > 1 else ""))
+    if world.main:  # one rank reads the whole store to check it; the others wait for its verdict
+        store = open_store_for(family, traj)
+    distributed.barrier()
+    if not world.main:
+        store = TrajectoryStore.open(Path(traj.output))
     from dvclive import Live
 
     with contextlib.ExitStack() as stack:
@@ -159,7 +184,10 @@ def run() -> None:
                 live[0].log_metric("lr", lr)
                 live[0].next_step()
 
-        adapters, losses, summary = fit(family, store, p, CHECKPOINT, on_start, on_step)
+        adapters, losses, summary = fit(family, store, p, CHECKPOINT, *((on_start, on_step) if world.main else ()))
+    distributed.finish()
+    if not world.main:  # rank 0 writes the adapters, the report and the loss curve
+        return
     adapters.save(Path(p.output))
     first = sum(losses[:20]) / min(len(losses), 20)
     final = sum(losses[-20:]) / min(len(losses), 20)

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline import __version__, devices, forward_noised, preflight, shelf
+from pipeline import __version__, devices, distributed, forward_noised, preflight, shelf
 from pipeline.background import Writer
 from pipeline.backends import load_base
 from pipeline.config import load_section
@@ -135,12 +135,31 @@ def _cfg_trajectories(family, p, cond: dict, seeds, w: torch.Tensor) -> dict[str
     return {"x": torch.stack(xs, 1).numpy(), "target": torch.stack(outs, 1).numpy()}
 
 
+def _prepare(path: Path, family, p, attrs: dict, extra: dict, w_all, seeds, cond_all, world) -> None:
+    """Rank 0 (or the only process): the store opened, repaired or created, before any rank writes."""
+    store = _open_or_set_aside(path, attrs)
+    if store is not None:
+        if world.size > 1 and not store.mask_per_trajectory():
+            raise AGDError(str(path), "its completion mask is one chunk (a store made before multi-process "
+                           "collection), which several processes cannot share",
+                           "finish it with launch.nproc: 1, or move it away to collect a new one")
+        _repair(store)
+        return
+    scheduler = family_scheduler(family, p.scheduler, p.num_steps)
+    x_shape = family.latent_shape
+    out_channels = family.denoiser.config.out_channels
+    TrajectoryStore.create(path, {**attrs, **extra, "created_by": f"agd {__version__}"}, p.num_steps,
+                           x_shape, (out_channels, *x_shape[1:]), scheduler.timesteps.numpy(), w_all, seeds, cond_all)
+
+
 def run() -> None:
     base, p = load_section("base"), load_section("trajectories")
     if p.data == "forward_noised":
         forward_noised.require_backend(base.backend)
     cond_doc = conditions_stage.read()
-    family = load_base(**asdict(base))
+    world = distributed.world()
+    family = load_base(**{**asdict(base), "device": distributed.local_device(base.device)})
+    distributed.init(family.device)
     if load_section("sample").compile:
         family.compile()
     if cond_doc["backend"] != family.spec.name:
@@ -157,27 +176,27 @@ def run() -> None:
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
     path = Path(p.output)
     preflight.writable(path, "params.yaml: trajectories.output", "folder")
-    log(f"trajectories: {family.spec.name} base on {devices.describe(family.device, family.dtype)}")
-    with StoreLock(path):
-        store = _open_or_set_aside(path, attrs)
-        if store is not None:
-            _repair(store)
-        else:
-            scheduler = family_scheduler(family, p.scheduler, p.num_steps)
-            x_shape = family.latent_shape
-            out_channels = family.denoiser.config.out_channels
-            store = TrajectoryStore.create(path, {**attrs, **extra, "created_by": f"agd {__version__}"}, p.num_steps,
-                                           x_shape, (out_channels, *x_shape[1:]), scheduler.timesteps.numpy(),
-                                           w_all, seeds, cond_all)
+    log(f"trajectories: {family.spec.name} base on {devices.describe(family.device, family.dtype)}"
+        + (f", rank {world.rank} of {world.size}" if world.size > 1 else ""))
+    with StoreLock(path, world.rank):
+        if world.main:
+            _prepare(path, family, p, attrs, extra, w_all, seeds, cond_all, world)
+        distributed.barrier()  # the other ranks open the store rank 0 has made ready
+        store = TrajectoryStore.open(path, mode="r+")
         done = store.done()
-        todo = [range(s, min(s + p.batch_size, n)) for s in range(0, n, p.batch_size)]
-        todo = [b for b in todo if not done[list(b)].all()]
+        # this rank's share: every world.size-th batch of the single-process order, so each trajectory
+        # is made in the same batch as by one process, and the store's bytes do not depend on world.size
+        own = [range(s, min(s + p.batch_size, n)) for s in range(0, n, p.batch_size)][world.rank::world.size]
+        own_done = done[[i for b in own for i in b]]
+        todo = [b for b in own if not done[list(b)].all()]
         log(f"trajectories: {int(done.sum())}/{n} finished in {path}; {int((~done).sum())} to make "
-            f"({p.data}, {p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})")
+            f"({p.data}, {p.scheduler}, {p.num_steps} steps, batches of {p.batch_size})"
+            + (f"; this rank makes {int((~own_done).sum())} of them" if world.size > 1 else ""))
         noiser = family_scheduler(family, p.scheduler, p.num_steps)  # its timesteps and noise levels, once
         made, start = 0, time.perf_counter()
         # chunks are compressed and written in a background thread while the next batch samples
-        with Tracker("trajectories", n, start=int(done.sum())) as tracker, Writer(store) as writer:
+        label = f"trajectories (rank {world.rank})" if world.size > 1 else "trajectories"
+        with Tracker(label, len(own_done), start=int(own_done.sum())) as tracker, Writer(store) as writer:
             for batch in todo:
                 idx = list(batch)
                 cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
@@ -196,6 +215,12 @@ def run() -> None:
             log(f"trajectories: {made} trajectories, {states:,} states in {seconds:.1f} s ({states / seconds:,.0f} "
                 f"states/s); writing took {writer.busy_s:.1f} s beside the sampler, which waited {writer.wait_s:.1f} s "
                 f"for it ({100 * writer.wait_s / seconds:.1f} % of the collection)")
+        distributed.barrier()
+    distributed.finish()
+    if not world.main:
+        return
+    if not TrajectoryStore.open(path).is_complete():
+        raise AGDError(str(path), "unfinished after every rank ended", "run `agd trajectories` again: it resumes")
     log(f"trajectories: store complete: {path}")
     aside = shelf.stores(path)
     if aside:
