@@ -201,6 +201,9 @@ class _AGD:
     def _denoiser_inputs(self, arguments: dict) -> dict:
         arguments, b = self._half(arguments)
         device = self.family.device
+        if next(self.adapters.parameters()).device != device:  # pipe.to(...) after enable_agd: follow it
+            self.adapters.to(device)
+            self.context = None
         t = torch.as_tensor(arguments["timestep"], device=device)
         t = t.expand(b) if t.dim() == 0 else t.reshape(-1).expand(b) if t.numel() == 1 else t
         cond = self.family.call_condition(arguments)

@@ -79,6 +79,11 @@ def init(device) -> None:
     if not dist.is_initialized():
         from datetime import timedelta
 
+        if device.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(device)  # NCCL's collectives run on this rank's own GPU
+
         # rank 0 may check a whole store before the others start: a long barrier timeout
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3),
                                 device_id=device if device.type == "cuda" else None)
