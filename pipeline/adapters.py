@@ -256,15 +256,12 @@ class AdapterSet(nn.Module):
 
         path = Path(path)
         meta_file, weights = path / "adapters.json", path / "adapters.safetensors"
-        for f in (meta_file, weights):
-            if not f.exists():
-                raise AGDError(str(f), "not found", "run `agd train` (dvc repro) or point at a folder from `agd train`")
+        meta = read_meta(path)
         try:
-            meta = json.loads(meta_file.read_text())
             config = {k: meta[k] for k in ("architecture", "width", "heads", "fourier_features", "seed")}
             # files from before the content path and the gate have neither
             config.update(mlp=int(meta.get("mlp", 0)), w_gate=bool(meta.get("w_gate", False)))
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError, ValueError):
             raise AGDError(str(meta_file), "not an adapter config", "re-run `agd train` to write it again") from None
         if meta.get("format_version") != FORMAT_VERSION:
             raise AGDError(str(meta_file), f"adapter format {meta.get('format_version')} is not {FORMAT_VERSION}",
@@ -288,6 +285,21 @@ class AdapterSet(nn.Module):
             raise AGDError(str(weights), f"unreadable or wrong shapes ({str(err).splitlines()[0][:120]})",
                            "re-run `agd train` to write it again") from None
         return adapters.attach(family)
+
+
+def read_meta(path: Path) -> dict:
+    """adapters.json of an adapter folder, refused unless both of its files are there and it is a JSON object."""
+    meta_file = Path(path) / "adapters.json"
+    for f in (meta_file, Path(path) / "adapters.safetensors"):
+        if not f.exists():
+            raise AGDError(str(f), "not found", "run `agd train` (dvc repro) or point at a folder from `agd train`")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError:
+        meta = None
+    if not isinstance(meta, dict):
+        raise AGDError(str(meta_file), "not an adapter config", "re-run `agd train` to write it again")
+    return meta
 
 
 def _output_dim(module: nn.Module) -> int:

@@ -26,12 +26,11 @@ With guidance_scale <= 1 the pipelines run the plain conditional model, and so d
 from __future__ import annotations
 
 import inspect
-import json
 from pathlib import Path
 
 import torch
 
-from pipeline.adapters import AdapterSet
+from pipeline.adapters import AdapterSet, read_meta
 from pipeline.backends import FAMILIES, get_spec
 from pipeline.errors import AGDError
 
@@ -42,13 +41,10 @@ def enable_agd(pipe, adapters_dir: str | Path):
     """Make `pipe(...)` run AGD: one denoiser pass per step with the adapters of `adapters_dir` (an
     `agd train` output) at the call's guidance_scale. Refuses adapters made for another base. Returns pipe."""
     adapters_dir = Path(adapters_dir)
-    meta_file = adapters_dir / "adapters.json"
-    try:
-        backend = json.loads(meta_file.read_text())["base"]["backend"]
-    except FileNotFoundError:
-        raise AGDError(str(meta_file), "not found", "point at a folder written by `agd train` (models/adapters)") from None
-    except (json.JSONDecodeError, KeyError, TypeError):
-        raise AGDError(str(meta_file), "not an adapter config", "re-run `agd train` to write it again") from None
+    base = read_meta(adapters_dir).get("base")
+    backend = base.get("backend") if isinstance(base, dict) else None
+    if not isinstance(backend, str):
+        raise AGDError(str(adapters_dir / "adapters.json"), "names no base backend", "re-run `agd train` to write it again")
     spec = get_spec(backend)
     family_cls = FAMILIES[spec.family]
     _check_pipeline(pipe, family_cls, spec.name)

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from pipeline import preflight
-from pipeline.backends.family import Family, _check_path, _load_error, state_fingerprint
+from pipeline.backends.family import Family, _check_path, _load_error
 from pipeline.errors import AGDError
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ class DiTFamily(Family):
         cfg = transformer.config
         self.num_classes = cfg.num_embeds_ada_norm  # the null class is this index
         self.learned_variance = cfg.out_channels == 2 * cfg.in_channels
-        self.fingerprint = state_fingerprint(transformer)
+        self.take_fingerprint()
         self.cfg_channels = 0  # 0: guide every epsilon channel (diffusers' DiTPipeline); see guided()
 
     @classmethod
@@ -54,9 +54,7 @@ class DiTFamily(Family):
 
     @classmethod
     def from_pipeline(cls, spec, pipe):
-        family = cls(spec, pipe.name_or_path, pipe.transformer, dict(pipe.scheduler.config), pipe.vae)
-        family.fingerprint_dtype = str(family.dtype).removeprefix("torch.")
-        return family
+        return cls(spec, pipe.name_or_path, pipe.transformer, dict(pipe.scheduler.config), pipe.vae)
 
     def call_condition(self, arguments):
         return {"labels": arguments["class_labels"]}

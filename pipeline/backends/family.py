@@ -29,6 +29,10 @@ def _base_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
 def state_fingerprint(module: nn.Module, dtype: torch.dtype | None = None) -> str:
     """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict.
     dtype: of the weights cast to it (floating tensors), as a pipeline loaded in that dtype holds them."""
@@ -72,7 +76,8 @@ class Family:
     denoiser: nn.Module  # the network adapters are injected into
     vae: nn.Module | None = None  # latent-space families decode through it
     scheduler_config: dict
-    fingerprint: str
+    fingerprint: str  # take_fingerprint
+    fingerprint_dtype: str  # the dtype of the weights `fingerprint` hashes
 
     # --- condition handling ---------------------------------------------------------------
     def condition_arrays(self, items: list[dict]) -> dict[str, np.ndarray]:
@@ -195,7 +200,11 @@ class Family:
         """What adapter files record about the base (the path only as a hint for people)."""
         return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
 
-    fingerprint_dtype = "float32"  # the weights `fingerprint` hashes: full precision, unless from_pipeline
+    def take_fingerprint(self) -> None:
+        """Fingerprint the denoiser's weights as they are now, and remember their dtype: full precision
+        when `load` converts afterwards, the pipeline's own dtype for `from_pipeline`."""
+        self.fingerprint = state_fingerprint(self.denoiser)
+        self.fingerprint_dtype = _dtype_name(self.dtype)
 
     def precision_fingerprints(self) -> dict[str, str]:
         """The fingerprints of the weights in half precision, which adapter files also record, so a
@@ -203,7 +212,7 @@ class Family:
         if self.fingerprint_dtype != "float32":
             return {self.fingerprint_dtype: self.fingerprint}
         if self.dtype != torch.float32:  # converted after loading: the full-precision weights are gone
-            return {str(self.dtype).removeprefix("torch."): state_fingerprint(self.denoiser)}
+            return {_dtype_name(self.dtype): state_fingerprint(self.denoiser)}
         return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in
                 (("float16", torch.float16), ("bfloat16", torch.bfloat16))}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from pipeline import preflight
-from pipeline.backends.family import Family, _check_path, _load_error, state_fingerprint
+from pipeline.backends.family import Family, _check_path, _load_error
 from pipeline.devices import free_memory
 
 
@@ -21,7 +21,7 @@ class SDFamily(Family):
     def __init__(self, spec, path, unet, scheduler_config, vae, dtype):
         self.spec, self.path, self.denoiser, self.vae = spec, path, unet, vae
         self.scheduler_config, self.model_dtype = scheduler_config, dtype
-        self.fingerprint = state_fingerprint(unet)
+        self.take_fingerprint()
         self._text = None
         self._null = None
 
@@ -51,9 +51,7 @@ class SDFamily(Family):
 
     @classmethod
     def from_pipeline(cls, spec, pipe):
-        family = cls(spec, pipe.name_or_path, pipe.unet, dict(pipe.scheduler.config), pipe.vae, pipe.unet.dtype)
-        family.fingerprint_dtype = str(pipe.unet.dtype).removeprefix("torch.")
-        return family
+        return cls(spec, pipe.name_or_path, pipe.unet, dict(pipe.scheduler.config), pipe.vae, pipe.unet.dtype)
 
     def call_condition(self, arguments):
         return {"prompt_embeds": arguments["encoder_hidden_states"]}
