@@ -13,8 +13,8 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.real_shapes import BUILDERS  # noqa: E402
-from pipeline.adapters import AdapterSet  # noqa: E402
-from pipeline.compose import compose  # noqa: E402
+from pipeline.config.compose import compose  # noqa: E402
+from pipeline.guidance.adapters import AdapterSet  # noqa: E402
 
 
 def main():

@@ -4,7 +4,7 @@
 
 Collection: CFG trajectories of the first `--trajectories` conditions of data/conditions.json
 (the trajectories stage's sampler and batch size from params.yaml) into a fresh store in a temp
-folder, written inline (depth 0, as before) and by the background writer (pipeline.background).
+folder, written inline (depth 0, as before) and by the background writer (pipeline.data.background).
 Training: `--train-steps` steps of the train stage's loop (train.fit, params.yaml's train
 section) on data/trajectories.zarr, batches drawn inline and prefetched. Prints trajectory
 states per second and the share of the time the compute waited on the store, for each; for
@@ -27,16 +27,16 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import runtime  # noqa: E402
+from pipeline.run import runtime  # noqa: E402
 
 
 def collection(family, p, items, depth: int, folder: Path) -> tuple[float, float]:
     import torch
 
-    from pipeline.background import Writer
-    from pipeline.sampling import family_scheduler
-    from pipeline.stages.trajectories import _cfg_trajectories
-    from pipeline.store import TrajectoryStore
+    from pipeline.backends.schedulers import family_scheduler
+    from pipeline.data.background import Writer
+    from pipeline.data.store import TrajectoryStore
+    from pipeline.guidance.sampling import cfg_trajectory_arrays
 
     n = len(items)
     w_all = np.array([i["w"] for i in items], np.float32)
@@ -52,7 +52,7 @@ def collection(family, p, items, depth: int, folder: Path) -> tuple[float, float
         for s in range(0, n, p.batch_size):
             idx = list(range(s, min(s + p.batch_size, n)))
             cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
-            arrays = _cfg_trajectories(family, p, cond, seeds[idx], torch.from_numpy(w_all[idx]))
+            arrays = cfg_trajectory_arrays(family, cond, seeds[idx], torch.from_numpy(w_all[idx]), p.scheduler, p.num_steps)
             writer.write(idx, arrays)
     seconds = time.perf_counter() - start
     return n * p.num_steps / seconds, writer.wait_s / seconds
@@ -66,17 +66,17 @@ def main():
     args = parser.parse_args()
     os.environ["AGD_THREADS"] = str(args.threads)
     runtime.setup()
-    from dataclasses import asdict
+    
+    from pipeline import config
+    from pipeline.backends.loading import load_base
+    from pipeline.data import conditions as conditions_file
+    from pipeline.data.store import TrajectoryStore
+    from pipeline.guidance.training import fit
 
-    from pipeline.backends import load_base
-    from pipeline.config import load_section
-    from pipeline.stages import conditions as conditions_stage
-    from pipeline.stages.train import fit
-    from pipeline.store import TrajectoryStore
-
-    base, traj, train_p = load_section("base"), load_section("trajectories"), load_section("train")
-    family = load_base(**asdict(base))
-    items = conditions_stage.read()["items"][: args.trajectories]
+    params = config.load()
+    base, traj, train_p = params.base, params.trajectories, params.train
+    family = load_base(**base.model_dump())
+    items = conditions_file.read()["items"][: args.trajectories]
     print(f"threads {args.threads}; collection: {len(items)} trajectories x {traj.num_steps} steps, "
           f"batches of {traj.batch_size}; training: {args.train_steps} steps of {train_p.batch_size} states")
     print(f"{'':<12} {'store I/O':<11} {'states/s':>9} {'waiting':>8} {'after 1st':>9}")

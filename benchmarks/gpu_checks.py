@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks import real_shapes  # noqa: E402
-from pipeline.adapters import AdapterSet  # noqa: E402
+from pipeline.guidance.adapters import AdapterSet  # noqa: E402
 
 
 def _sync(device):
@@ -67,7 +67,7 @@ def sdxl_training_memory(device, checkpointing: bool, tiny: bool) -> float:
 def _tiny_sdxl():
     import tempfile
 
-    from pipeline.backends import load_base
+    from pipeline.backends.loading import load_base
     from tests.tiny_models import save_sdxl_like
 
     return load_base("sdxl", str(save_sdxl_like(Path(tempfile.mkdtemp()) / "sdxl")))
@@ -96,14 +96,14 @@ def dit_step_times(device, batch: int, tiny: bool, repeats: int) -> tuple[float,
         return (time.perf_counter() - start) / repeats
 
     agd = timed(lambda: adapters(family, x, t, cond, w))
-    cfg = timed(lambda: family.guided(x, t, cond, w))
+    cfg = timed(lambda: family.guide(*family.branches(x, t, cond), w))
     return agd, cfg
 
 
 def _tiny_dit():
     import tempfile
 
-    from pipeline.backends import load_base
+    from pipeline.backends.loading import load_base
     from tests.tiny_models import save_dit_xl_like
 
     return load_base("dit-xl-2", str(save_dit_xl_like(Path(tempfile.mkdtemp()) / "dit")))
@@ -115,7 +115,7 @@ def main():
     parser.add_argument("--tiny", action="store_true", help="tiny models: check the code path, not the figures")
     parser.add_argument("--repeats", type=int, default=20)
     args = parser.parse_args()
-    from pipeline.devices import describe, resolve
+    from pipeline.run.devices import describe, resolve
 
     device = resolve(args.device, key="--device")
     print(f"device: {describe(device, torch.bfloat16)}  torch {torch.__version__}")

@@ -11,17 +11,16 @@ scale, with captured for the first and last five sampler steps.
 
 import argparse
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import distill  # noqa: E402
-from pipeline.adapters import AdapterSet  # noqa: E402
-from pipeline.backends import load_base  # noqa: E402
-from pipeline.config import load_section  # noqa: E402
-from pipeline.evaluation import held_out  # noqa: E402
+from pipeline import config  # noqa: E402
+from pipeline.backends.loading import load_base  # noqa: E402
+from pipeline.evaluation import distill  # noqa: E402
+from pipeline.evaluation.samples import held_out  # noqa: E402
+from pipeline.guidance.adapters import AdapterSet  # noqa: E402
 
 
 def main():
@@ -31,8 +30,9 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base, traj, p = load_section("base"), load_section("trajectories"), load_section("evaluate")
-    family = load_base(**asdict(base))
+    params = config.load()
+    base, traj, p = params.base, params.trajectories, params.evaluate
+    family = load_base(**base.model_dump())
     cond, seeds = held_out(family, p)
     print(f"{len(seeds)} held-out {traj.scheduler} trajectories of {traj.num_steps} steps")
     for folder in args.adapters:

@@ -7,7 +7,7 @@ place it) is trained on the embedded default's base (params.yaml: base.path) wit
 loss and label drop on some digits only, the way a user would adapt a model. The adapters of
 train.output, trained on the base alone, are then measured at --w on held-out CFG trajectories
 (the evaluate stage's held-out conditions and seeds; the trajectories stage's sampler):
-captured, cosine and gain (pipeline.distill) on the base, and on the base with the LoRA at each
+captured, cosine and gain (pipeline.evaluation.distill) on the base, and on the base with the LoRA at each
 --scales weight, with CFG's teacher the LoRA'd model itself. `retained` = captured with the LoRA /
 captured on the base. Writes reports/lora_capture.json and .txt.
 
@@ -20,12 +20,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import runtime  # noqa: E402
+from pipeline.run import runtime  # noqa: E402
 
 
 def train_lora(family, rank: int, steps: int, digits: list[int], lr: float, batch_size: int) -> float:
@@ -33,12 +32,12 @@ def train_lora(family, rank: int, steps: int, digits: list[int], lr: float, batc
     import torch
     from peft import LoraConfig, inject_adapter_in_model
 
-    from pipeline import mnist
-    from pipeline.config import load_section
-    from pipeline.progress import Tracker
-    from pipeline.stages import pretrain
+    from pipeline import config
+    from pipeline.backends import embedded as pretrain
+    from pipeline.data import mnist
+    from pipeline.run.progress import Tracker
 
-    pre = load_section("pretrain")
+    pre = config.load().pretrain
     images, labels = mnist.load_split(ROOT / "data", "train")
     keep = torch.from_numpy(labels).unsqueeze(1).eq(torch.tensor(digits)).any(1).numpy()
     x_all, y_all = mnist.to_model_space(images[keep]), torch.from_numpy(labels[keep])
@@ -82,14 +81,16 @@ def main() -> None:
     runtime.setup()
     import torch
 
-    from pipeline import distill
-    from pipeline.adapters import AdapterSet
-    from pipeline.backends import load_base, state_fingerprint
-    from pipeline.config import load_section
-    from pipeline.evaluation import held_out
+    from pipeline import config
+    from pipeline.backends.family import state_fingerprint
+    from pipeline.backends.loading import load_base
+    from pipeline.evaluation import distill
+    from pipeline.evaluation.samples import held_out
+    from pipeline.guidance.adapters import AdapterSet
 
-    base, traj, train_p, ev_p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate"))
-    family = load_base(**asdict(base))
+    params = config.load()
+    base, traj, train_p, ev_p = params.base, params.trajectories, params.train, params.evaluate
+    family = load_base(**base.model_dump())
     adapters = AdapterSet.load(Path(train_p.output), family)
     cond, seeds = held_out(family, ev_p)
 

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pipeline import devices  # noqa: E402
-from pipeline.adapters import AdapterSet  # noqa: E402
-from pipeline.backends import load_base  # noqa: E402
-from pipeline.config import load_section  # noqa: E402
-from pipeline.sampling import Guidance, nfe, plan_for, sample  # noqa: E402
+from pipeline import config  # noqa: E402
+from pipeline.backends.loading import load_base  # noqa: E402
+from pipeline.guidance.adapters import AdapterSet  # noqa: E402
+from pipeline.guidance.sampling import Guidance, nfe, plan_for, sample  # noqa: E402
+from pipeline.run import devices  # noqa: E402
 from pipeline.stages.nfe import runs  # noqa: E402
 
 
@@ -33,11 +33,12 @@ def main():
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (as base.device)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    base, p = load_section("base"), load_section("nfe")
+    params = config.load()
+    base, p = params.base, params.nfe
     steps = [int(s) for s in args.steps.split(",")] if args.steps else p.steps
     family = load_base(base.backend, base.path, device=args.device)
-    adapters = AdapterSet.load(Path(load_section("train").output), family)
-    sampler = load_section("evaluate").scheduler or load_section("trajectories").scheduler
+    adapters = AdapterSet.load(Path(params.train.output), family)
+    sampler = params.evaluate.scheduler or params.trajectories.scheduler
     guidance = Guidance(interval=(p.interval[0], p.interval[1]), reuse=p.reuse)
     cond = {"labels": torch.arange(args.batch, device=family.device) % 10}
     seeds, w = list(range(args.batch)), torch.full((args.batch,), p.guidance_scale)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline.backends import BACKENDS, DiTFamily, SDFamily, SDXLFamily
+from pipeline.backends import BACKENDS
+from pipeline.backends.dit import DiTFamily
+from pipeline.backends.sd import SDFamily, SDXLFamily
 
 DDPM_LINEAR = {"num_train_timesteps": 1000, "beta_schedule": "linear", "beta_start": 0.0001, "beta_end": 0.02,
                "clip_sample": False}

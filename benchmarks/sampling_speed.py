@@ -38,10 +38,12 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from pipeline import devices, runtime  # noqa: E402
-from pipeline.adapters import AdapterSet  # noqa: E402
-from pipeline.backends import BACKENDS, DiTFamily, load_base  # noqa: E402
-from pipeline.sampling import sample  # noqa: E402
+from pipeline.backends import BACKENDS  # noqa: E402
+from pipeline.backends.dit import DiTFamily  # noqa: E402
+from pipeline.backends.loading import load_base  # noqa: E402
+from pipeline.guidance.adapters import AdapterSet  # noqa: E402
+from pipeline.guidance.sampling import sample  # noqa: E402
+from pipeline.run import devices, runtime  # noqa: E402
 
 METHODS = ("cond", "cfg", "agd", "agd-per-block")
 

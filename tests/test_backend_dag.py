@@ -17,8 +17,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import compose, dag
-from pipeline.config import load_all
+from pipeline import config
+from pipeline.config import compose, dag
 from tests import tiny_models
 from tests.conftest import ROOT, agd, dvc
 
@@ -44,9 +44,9 @@ def test_every_backend_composes_to_valid_params_with_a_matching_dag(backend, tmp
     text = compose.compose([f"backend={backend}"], conf=ROOT / "conf")
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    params = load_all(path)
-    assert params["dag"] == dag.expected(params)  # what dvc.yaml will track is what the stages read
-    assert bool(params["dag"].mnist) == (backend == "mnist")
+    params = config.load(path)
+    assert params.dag == dag.expected(params)  # what dvc.yaml will track is what the stages read
+    assert bool(params.dag.mnist) == (backend == "mnist")
 
 
 def test_committed_params_are_the_default_composition():
@@ -87,7 +87,7 @@ def _switch(project: Path, backend: str, base: str, **sections) -> None:
     for section, values in sections.items():
         doc[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    params = load_all(project / "params.yaml")
+    params = config.load(project / "params.yaml")
     doc["dag"] = {k: getattr(dag.expected(params), k) for k in ("mnist", "fid_ref", "conditions", "evaluate", "train_images")}
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 

@@ -12,11 +12,11 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.adapters import AdapterSet
-from pipeline.backends import load_base
+from pipeline.backends.loading import load_base
 from pipeline.cli import app
-from pipeline.errors import AGDError
-from pipeline.store import TrajectoryStore
+from pipeline.data.store import TrajectoryStore
+from pipeline.guidance.adapters import AdapterSet
+from pipeline.run.errors import AGDError
 from tests import tiny_models
 
 CAPTIONS = ["a cat on a red sofa", "two dogs in the snow", "a bowl of fruit", "a train at a station",
@@ -39,8 +39,8 @@ def _params(backend: str, base: Path, captions: Path, conditions: dict) -> dict:
     return {
         "base": {"backend": backend, "path": str(base)},
         "conditions": {**conditions, "captions_file": str(captions), "num_captions": 6, "seed": 0},
-        "trajectories": {"scheduler": "DDIMScheduler", "num_steps": 4, "batch_size": 4, "output": "data/store.zarr"},
-        "train": {"width": 16, "heads": 2, "steps": 100, "batch_size": 16, "lr": 0.003, "buffer_trajectories": 64,
+        "trajectories": {"scheduler": "DDIMScheduler", "num_steps": 4, "batch_size": 64, "output": "data/store.zarr"},
+        "train": {"width": 16, "heads": 2, "mlp": 0, "w_gate": False, "steps": 100, "batch_size": 16, "lr": 0.003, "buffer_trajectories": 64,
                   "checkpoint_every": 20},
         "fid_ref": {"image_folder": "data/real", "batch_size": 4},
         "evaluate": {"guidance_scales": [4.0], "default_scale": 4.0, "num_samples": 4, "num_steps": 3, "batch_size": 4,
@@ -105,7 +105,8 @@ def test_dit_cfg_acts_on_epsilon_and_keeps_conditional_variance(trained):
     family = load_base("dit-xl-2", str(trained["dit-xl-2"] / "base"))
     x, t = torch.randn(2, 4, 8, 8), torch.tensor([700, 100])
     cond = {"labels": torch.tensor([1, 999])}
-    out_cfg, out_cond = family.guided(x, t, cond, torch.tensor([4.0, 4.0]))
+    out_cond, out_null = family.branches(x, t, cond)
+    out_cfg = family.guide(out_cond, out_null, torch.tensor([4.0, 4.0]))
     null = family.forward(x, t, family.null_condition(cond))
     torch.testing.assert_close(out_cfg[:, 4:], out_cond[:, 4:])
     torch.testing.assert_close(out_cfg[:, :4], null[:, :4] + 4.0 * (out_cond[:, :4] - null[:, :4]), rtol=1e-4, atol=1e-5)
@@ -176,7 +177,7 @@ def test_text_backend_evaluate_and_sample(trained, prepared_data, monkeypatch):
     ('{"annotations": []}', "holds no captions"), ('{"annotations": [{"caption": "one"}]}', "1 captions, 6 requested"),
 ])
 def test_captions_file_errors(trained, tmp_path, monkeypatch, content, problem):
-    from pipeline.captions import sample_captions
+    from pipeline.data.captions import sample_captions
 
     path = tmp_path / "captions.json"
     if content is not None:

@@ -4,10 +4,10 @@ but the time: same stores, same batches, same checkpoints, errors still reach th
 import numpy as np
 import pytest
 
-from pipeline.background import Prefetcher, Writer
-from pipeline.errors import AGDError
-from pipeline.loader import ShuffleBuffer
-from pipeline.store import TrajectoryStore
+from pipeline.data.background import Prefetcher, Writer
+from pipeline.data.loader import ShuffleBuffer
+from pipeline.data.store import TrajectoryStore
+from pipeline.run.errors import AGDError
 from tests.conftest import chunk_files
 
 

@@ -226,7 +226,3 @@ def test_bad_input(project_copy, monkeypatch, case_id, mutate, command, expected
     assert expected in errors[0], errors[0]
     assert "Fix:" in errors[0]
     assert _snapshot(project_copy) == before, "a failing command changed existing outputs"
-
-
-def test_at_least_twenty_cases():
-    assert len(CASES) >= 20

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
-from pipeline.store import TrajectoryStore
+from pipeline.data.store import TrajectoryStore
 from tests.conftest import ROOT, agd, chunk_files
 
 

@@ -8,6 +8,7 @@ from safetensors.numpy import load_file
 
 from tests.conftest import agd, chunk_files
 
+
 def test_rerun_gives_identical_results(project_copy, tiny_project):
     for output in ["data/conditions.json", "models/adapters", "reports/metrics.json", "reports/quality.json",
                    "reports/distillation.csv", "reports/samples.png"]:

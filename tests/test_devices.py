@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pipeline.devices import resolve
-from pipeline.errors import AGDError
+from pipeline.run.devices import resolve
+from pipeline.run.errors import AGDError
 
 NO_CUDA = not torch.cuda.is_available()
 

@@ -15,12 +15,14 @@ import yaml
 from PIL import Image
 from typer.testing import CliRunner
 
-from pipeline.adapters import AdapterSet
-from pipeline.backends import get_spec, load_base
+from pipeline.backends import get_spec
+from pipeline.backends.loading import load_base
+from pipeline.backends.schedulers import seeded_generators
 from pipeline.cli import app
-from pipeline.diffusers_agd import disable_agd, enable_agd, is_enabled
-from pipeline.errors import AGDError
-from pipeline.sampling import sample, seeded_generators
+from pipeline.guidance.adapters import AdapterSet
+from pipeline.guidance.diffusers_agd import disable_agd, enable_agd, is_enabled
+from pipeline.guidance.sampling import sample
+from pipeline.run.errors import AGDError
 from tests import tiny_models
 
 PIPELINES = {  # backend: (save, pipeline class, conditions)
@@ -217,7 +219,7 @@ def _lora(root: Path) -> Path:
 def test_lora_composes_with_agd(bases):
     """A LoRA loaded with load_lora_weights, before or after enable_agd: the adapters run on the LoRA'd
     UNet, exactly as our loop runs them on it; the base is still recognised under the LoRA."""
-    from pipeline.backends import SDFamily
+    from pipeline.backends.sd import SDFamily
 
     root = bases["sd21"]
     lora = _lora(root)
@@ -255,8 +257,8 @@ def _controlnet_pipe(root: Path):
 
 
 def test_controlnet_composes_with_agd_and_runs_once_per_step(bases):
-    from pipeline.backends import SDFamily
-    from pipeline.sampling import family_scheduler, initial_noise
+    from pipeline.backends.schedulers import family_scheduler, initial_noise
+    from pipeline.backends.sd import SDFamily
 
     root = bases["sd21"]
     pipe = _controlnet_pipe(root)

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import load_file
 
-from pipeline.store import TrajectoryStore
+from pipeline.data.store import TrajectoryStore
 from tests.conftest import ROOT, agd, set_params
 
 STORE = "data/trajectories.zarr"
@@ -49,7 +49,7 @@ def _rank_pids(project: Path, rank: int) -> list[int]:
 def test_two_processes_write_the_single_process_store_byte_for_byte(project_copy, tiny_project):
     shutil.rmtree(project_copy / STORE)
     set_params(project_copy, **{"launch.nproc": 2})
-    done = agd(project_copy, "trajectories")
+    done = agd(project_copy, "trajectories", subprocess=True)  # torchrun starts the ranks
     assert "starting 2 processes" in done.stderr and "rank 1 of 2" in done.stderr, done.stderr
     assert _files(project_copy / STORE) == _files(tiny_project / STORE)
 
@@ -78,7 +78,7 @@ def test_a_killed_rank_resumes_with_nothing_lost_or_duplicated(project_copy, tmp
     assert killed and launcher.returncode != 0, "the collection ended before rank 1 could be killed"
     finished = int(TrajectoryStore.open(project_copy / STORE).done().sum())
     assert 3 <= finished < 20
-    resumed = agd(project_copy, "trajectories")
+    resumed = agd(project_copy, "trajectories", subprocess=True)
     assert f"{finished}/20 finished" in resumed.stderr and f"{20 - finished} to make" in resumed.stderr
     assert not list((project_copy / STORE).rglob("*.partial"))
     assert _files(project_copy / STORE) == _files(reference / STORE)
@@ -107,7 +107,7 @@ def test_two_process_training_equals_one_process(project_copy, tmp_path):
     slices' gradients are summed in another order, and Adam divides by their size)."""
     reference = _one_process(project_copy, tmp_path, steps=2)
     set_params(project_copy, **{"launch.nproc": 2})
-    done = agd(project_copy, "train")
+    done = agd(project_copy, "train", subprocess=True)
     assert "DistributedDataParallel" in done.stderr, done.stderr
     assert _max_difference(_adapters(project_copy), reference) < 1e-5
     assert not (project_copy / "checkpoints/train.pt").exists()
@@ -133,7 +133,7 @@ def test_training_resumes_under_another_number_of_processes(project_copy, tmp_pa
     proc.wait()
     assert checkpoint.exists(), "training ended before its first checkpoint"
     set_params(project, **{"launch.nproc": 2})
-    resumed = agd(project, "train")
+    resumed = agd(project, "train", subprocess=True)
     assert "written by 1 processes, this run has 2" in resumed.stderr, resumed.stderr
     assert _max_difference(_adapters(project), reference) < 1e-3
 
@@ -150,7 +150,7 @@ def test_a_store_with_a_one_chunk_mask_is_refused_by_several_processes(project_c
     group.create_array("done", shape=done.shape, chunks=done.shape, dtype=bool, fill_value=False)[...] = done
     before = _files(store)
     set_params(project_copy, **{"launch.nproc": 2})
-    refused = agd(project_copy, "trajectories", check=False)
+    refused = agd(project_copy, "trajectories", check=False, subprocess=True)
     assert refused.returncode != 0 and "completion mask is one chunk" in refused.stderr
     assert "launch.nproc: 1" in refused.stderr
     assert _files(store) == before

@@ -8,10 +8,10 @@ import json
 import numpy as np
 import torch
 
-from pipeline import forward_noised, mnist
-from pipeline.backends import load_base
-from pipeline.sampling import family_scheduler, noise_levels
-from pipeline.store import TrajectoryStore
+from pipeline.backends.loading import load_base
+from pipeline.backends.schedulers import family_scheduler, noise_levels
+from pipeline.data import forward_noised, mnist
+from pipeline.data.store import TrajectoryStore
 from tests.conftest import agd, set_params
 
 
@@ -45,7 +45,8 @@ def test_forward_noised_store_has_the_format_and_cfg_targets_at_noised_digits(pr
         noise = (x * torch.sqrt(1 + sigmas.view(-1, 1, 1, 1) ** 2) - x0[i]) / sigmas.view(-1, 1, 1, 1)
         assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.1
         label = torch.full((len(x),), items[i]["label"])
-        out, _ = family.guided(x, torch.from_numpy(timesteps), {"labels": label}, torch.full((len(x),), items[i]["w"]))
+        out = family.guide(*family.branches(x, torch.from_numpy(timesteps), {"labels": label}),
+                           torch.full((len(x),), items[i]["w"]))
         torch.testing.assert_close(target, out, rtol=1e-4, atol=1e-5)  # CFG's output at those states
 
     monkeypatch.chdir(tiny_project.parent)

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import zarr
 
-from pipeline.errors import AGDError
-from pipeline.store import TrajectoryStore
+from pipeline.data.store import TrajectoryStore
+from pipeline.run.errors import AGDError
 from tests.conftest import agd, chunk_files, set_params
 
 STORE = "data/trajectories.zarr"
@@ -109,9 +109,9 @@ def test_store_built_at_another_batch_size_matches_to_float_rounding(project_cop
 
 
 def test_correction_captured_is_not_applicable_where_cfg_corrects_nothing(tiny_project, monkeypatch):
-    from pipeline import distill
-    from pipeline.adapters import AdapterSet
-    from pipeline.backends import load_base
+    from pipeline.backends.loading import load_base
+    from pipeline.evaluation import distill
+    from pipeline.guidance.adapters import AdapterSet
 
     monkeypatch.chdir(tiny_project)
     family = load_base("mnist-dit", "models/base-mnist-dit")

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.store import TrajectoryStore
-from tests.conftest import dvc, ROOT, agd, set_params
+from pipeline.data.store import TrajectoryStore
+from tests.conftest import agd, dvc, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "sweep", "nfe", "samplers", "transfer", "report", "verify", "stores", "sample", "preset"]
+            "evaluate", "sweep", "nfe", "samplers", "transfer", "report", "verify", "stores", "sample", "preset", "keys"]
 
 
 def test_every_command_has_help(tmp_path):
@@ -18,15 +18,6 @@ def test_every_command_has_help(tmp_path):
     for command in COMMANDS:
         assert command in top
         assert "Usage" in agd(tmp_path, command, "--help").stdout
-
-
-def test_dvc_yaml_stages_are_cli_commands():
-    import yaml
-
-    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
-        command = stage.get("do", stage)["cmd"].split()  # foreach stages (prepare, classifier) keep it under do
-        assert command[0] == "agd" and command[1] in COMMANDS, name
 
 
 def test_store_contents_and_attributes(tiny_project):
@@ -194,7 +185,7 @@ def test_transfer_stage_applies_base_adapters_to_a_fine_tuned_copy(tiny_project,
         assert m["retained"] == round(m["derived"]["captured"] / m["base"]["captured"], 4)
         assert m["derived"]["captured"] != m["base"]["captured"]  # another model under the same adapters
     derived = project_copy / "models/transfer/base-finetuned"
-    from pipeline.backends import load_base
+    from pipeline.backends.loading import load_base
 
     assert load_base("mnist-dit", str(derived)).fingerprint != load_base("mnist-dit", str(tiny_project / "models/base-mnist-dit")).fingerprint
     again = agd(project_copy, "transfer")  # everything it made is reused: same figures, nothing trained

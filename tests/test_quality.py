@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline import fid, quality
+from pipeline.evaluation import fid, quality
 
 
 def _ref(features: np.ndarray) -> quality.Reference:

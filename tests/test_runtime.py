@@ -6,7 +6,7 @@ import sys
 
 import torch
 
-from pipeline import runtime
+from pipeline.run import runtime
 
 
 def test_each_agd_process_takes_its_share_of_the_cores(tmp_path, monkeypatch):

@@ -7,8 +7,9 @@ import json
 
 import torch
 
-from pipeline.backends import load_base
-from pipeline.sampling import Guidance, family_scheduler, noise_levels, nfe, plan_for, sample, step_plan
+from pipeline.backends.loading import load_base
+from pipeline.backends.schedulers import family_scheduler, noise_levels
+from pipeline.guidance.sampling import Guidance, nfe, plan_for, sample, step_plan
 from tests.conftest import agd, set_params
 from tests.tiny_models import save_dit_xl_like
 
@@ -40,7 +41,8 @@ def test_ddpm_samples_with_dit_learned_variance(tmp_path, monkeypatch):
 def test_dit_original_code_guides_three_channels(tmp_path):
     family = _dit(tmp_path, cfg_channels=3)
     x, t, cond, w = torch.randn(2, 4, 8, 8), torch.tensor([700, 100]), {"labels": torch.tensor([1, 999])}, 4.0
-    out_cfg, out_cond = family.guided(x, t, cond, torch.tensor([w, w]))
+    out_cond, out_null = family.branches(x, t, cond)
+    out_cfg = family.guide(out_cond, out_null, torch.tensor([w, w]))
     null = family.forward(x, t, family.null_condition(cond))
     torch.testing.assert_close(out_cfg[:, 3:], out_cond[:, 3:])  # fourth epsilon channel and variance: conditional
     torch.testing.assert_close(out_cfg[:, :3], null[:, :3] + w * (out_cond[:, :3] - null[:, :3]), rtol=1e-4, atol=1e-5)
@@ -103,7 +105,7 @@ def test_nfe_counts_every_pass_spent():
 def test_compiled_sampling_agrees_with_eager(tiny_project):
     """sample.compile: CFG's and AGD's samples through torch.compile equal the eager ones to float
     tolerance (the same seeds; the compiled graphs are fixed-shape, one per batch shape)."""
-    from pipeline.adapters import AdapterSet
+    from pipeline.guidance.adapters import AdapterSet
 
     family = load_base("mnist-dit", str(tiny_project / "models" / "base-mnist-dit"))
     adapters = AdapterSet.load(tiny_project / "models" / "adapters", family)

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from pipeline.schedule import warmup_cosine
+from pipeline.guidance.training import warmup_cosine
 
 
 def test_linear_warmup_over_first_tenth_then_cosine_to_zero():

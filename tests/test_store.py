@@ -5,8 +5,8 @@ import shutil
 import numpy as np
 import pytest
 
-from pipeline.errors import AGDError
-from pipeline.store import StoreLock, TrajectoryStore
+from pipeline.data.store import StoreLock, TrajectoryStore
+from pipeline.run.errors import AGDError
 from tests.conftest import agd, chunk_files
 
 
@@ -45,6 +45,7 @@ def test_one_chunk_file_per_trajectory(tiny_project):
 
 def test_resume_after_interruption(project_copy, tiny_project, monkeypatch):
     """Interrupt after the first batch; the re-run writes only what is missing, byte for byte."""
+    from pipeline import config
     from pipeline.stages import trajectories
 
     path = project_copy / "data" / "trajectories.zarr"
@@ -61,7 +62,7 @@ def test_resume_after_interruption(project_copy, tiny_project, monkeypatch):
 
     monkeypatch.setattr(TrajectoryStore, "write", write_then_die)
     with pytest.raises(KeyboardInterrupt):
-        trajectories.run()
+        trajectories.run(config.load())
     monkeypatch.setattr(TrajectoryStore, "write", original)
     interrupted = TrajectoryStore.open(path)
     batch = 8
@@ -70,7 +71,7 @@ def test_resume_after_interruption(project_copy, tiny_project, monkeypatch):
 
     written = []
     monkeypatch.setattr(TrajectoryStore, "write", lambda self, idx, arr: (written.extend(idx), original(self, idx, arr)))
-    trajectories.run()
+    trajectories.run(config.load())
     assert sorted(written) == list(range(batch, len(interrupted)))  # only what was missing, each once
     after = chunk_files(path)
     for name in ("x", "target"):
@@ -101,11 +102,13 @@ def test_store_attributes_do_not_depend_on_the_process(tiny_base):
 
     from tests.conftest import ROOT
 
-    code = ("import json; from pipeline.backends import load_base; from pipeline.stages.trajectories import _jsonable; "
-            "from pipeline.sampling import make_scheduler; "
+    code = ("import json; from pipeline.backends.loading import load_base; from pipeline.data.provenance import jsonable; "
+            "from pipeline.backends.schedulers import make_scheduler; "
             f"f = load_base('mnist-dit', {str(tiny_base)!r}); "
-            "print(json.dumps(_jsonable(make_scheduler('DPMSolverMultistepScheduler', f.scheduler_config, 5).config)))")
-    outputs = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                              env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed}).stdout
-               for seed in ("1", "2", "3")}
+            "print(json.dumps(jsonable(make_scheduler('DPMSolverMultistepScheduler', f.scheduler_config, 5).config)))")
+    runs = [subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(ROOT), "PYTHONHASHSEED": seed})
+            for seed in ("1", "2", "3")]  # side by side: each is an interpreter's start-up
+    outputs = {run.communicate(timeout=300)[0] for run in runs}
+    assert [run.returncode for run in runs] == [0, 0, 0]
     assert len(outputs) == 1

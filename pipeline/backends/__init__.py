@@ -2,7 +2,9 @@
 
 A *backend* row says how a family is loaded, how its condition is encoded, how its CFG batch is
 laid out, what its output means and which modules get adapters. The stages only talk to the
-`Family` interface below, so they never branch on the model.
+`Family` interface (backends/family.py), so they never branch on the model. This module is the
+table alone (no torch), so params can be checked against it at once; `loading.load_base` builds a
+family from a row.
 
 | backend    | family | condition      | CFG batch     | output                      | adapters on         |
 |------------|--------|----------------|---------------|-----------------------------|---------------------|
@@ -10,30 +12,23 @@ laid out, what its output means and which modules get adapters. The stages only 
 | dit-xl-2   | DiT    | class (1,000)  | [cond, null]  | epsilon + learned variance  | every block's attn1 |
 | sd21       | SD     | text (CLIP)    | [null, cond]  | v (from the scheduler)      | every attn2         |
 | sdxl       | SDXL   | text (2 CLIPs) | [null, cond]  | epsilon                     | every attn2         |
+
+Adding a family: docs/adding-a-backend.md.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
-import torch
-
-from pipeline.backends.dit import DiTFamily
-from pipeline.backends.family import Family, state_fingerprint
-from pipeline.backends.sd import SDFamily, SDXLFamily
-from pipeline.devices import resolve
-from pipeline.errors import AGDError
-
-__all__ = ["BACKENDS", "DTYPES", "FAMILIES", "BackendSpec", "DiTFamily", "Family", "SDFamily", "SDXLFamily",
-           "get_spec", "load_base", "state_fingerprint"]
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from pipeline.run.errors import AGDError
 
 
 @dataclass(frozen=True)
 class BackendSpec:
     name: str
-    family: str  # key of FAMILIES
+    family: str  # key of loading.FAMILIES
     condition: str  # "class" or "text"
     cfg_layout: str  # order of the two halves of the CFG batch: "cond_null" or "null_cond"
     adapter_targets: tuple[str, ...]  # fnmatch patterns over module names of the denoiser
@@ -53,31 +48,25 @@ BACKENDS = {
                         ("down_blocks.*.attn2", "mid_block.*.attn2", "up_blocks.*.attn2"), (1.0, 12.0),
                         hub_id="stabilityai/stable-diffusion-xl-base-1.0"),
 }
+EMBEDDED = "mnist-dit"  # the embedded default: MNIST and our own small DiT
 
 
-def get_spec(name: str) -> BackendSpec:
+def get_spec(name: str, where: str = "params.yaml: base.backend") -> BackendSpec:
     if name not in BACKENDS:
-        raise AGDError("params.yaml: base.backend", f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
+        raise AGDError(where, f"unknown backend {name!r}", f"use one of {', '.join(BACKENDS)}")
     return BACKENDS[name]
 
 
-FAMILIES: dict[str, type[Family]] = {"dit": DiTFamily, "sd": SDFamily, "sdxl": SDXLFamily}
+def model_config(base_path: str) -> str:
+    """A class-conditional base's transformer config: where its class count lives."""
+    return f"{base_path}/transformer/config.json"
 
 
-def load_base(backend: str, path: str, dtype: str = "float32", device: str = "cpu", cfg_channels: int = 0) -> Family:
-    """Load the frozen base of `backend` from a local diffusers folder or a hub id, onto `device`
-    (a `base.device` value). Stages pass the whole `base` section: `load_base(**asdict(base))`."""
-    spec = get_spec(backend)
-    if spec.family not in FAMILIES:
-        raise AGDError(f"base.backend {backend}", "family not available", f"use one of {', '.join(FAMILIES)}")
-    if cfg_channels and spec.family != "dit":
-        raise AGDError("params.yaml: base.cfg_channels", f"only DiT backends guide a subset of channels, not {backend}",
-                       "set base.cfg_channels: 0")
-    target = resolve(device)  # before loading: a missing GPU is reported at once
-    family = FAMILIES[spec.family].load(spec, path, DTYPES[dtype])
-    if cfg_channels:
-        if cfg_channels > family.latent_shape[0]:
-            raise AGDError("params.yaml: base.cfg_channels", f"{cfg_channels} is more than the model's "
-                           f"{family.latent_shape[0]} latent channels", "use 0 (all) or 3 (the original DiT code)")
-        family.cfg_channels = cfg_channels
-    return family.to(target)
+def class_count(base_path: str) -> int:
+    """Classes of a class-conditional base, from its config on disk (conditions are drawn from them)."""
+    path = Path(model_config(base_path))
+    try:
+        return int(json.loads(path.read_text())["num_embeds_ada_norm"])
+    except (OSError, ValueError, KeyError, TypeError):
+        raise AGDError(str(path), "no class count (num_embeds_ada_norm) readable",
+                       "point base.path at a class-conditional diffusers DiT folder") from None

@@ -8,9 +8,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline import preflight
-from pipeline.backends.family import Family, _check_path, _load_error
-from pipeline.errors import AGDError
+from pipeline.backends.family import Family, check_path, load_error
+from pipeline.run import preflight
+from pipeline.run.errors import AGDError
 
 if TYPE_CHECKING:
     from pipeline.backends import BackendSpec
@@ -33,7 +33,7 @@ class DiTFamily(Family):
         from diffusers import AutoencoderKL, DiTTransformer2DModel
         from diffusers.schedulers import DDIMScheduler
 
-        _check_path(path)
+        check_path(path)
         preflight.model_class(path, "transformer", ("DiTTransformer2DModel", "Transformer2DModel"), spec.name)
         try:
             transformer = DiTTransformer2DModel.from_pretrained(path, subfolder="transformer")
@@ -42,7 +42,7 @@ class DiTFamily(Family):
             if (Path(path) / "vae").is_dir() or not Path(path).exists():
                 vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
         except (OSError, ValueError, EnvironmentError) as err:
-            raise _load_error(path, err) from None
+            raise load_error(path, err) from None
         family = cls(spec, path, transformer, scheduler_config, vae)  # fingerprint in full precision
         if dtype != torch.float32:  # a frozen half-precision base: the memory-saving default on GPUs
             transformer.to(dtype)

@@ -1,18 +1,33 @@
-"""The `Family` interface every model family implements, and what loading shares."""
+"""The `Family` interface every model family implements, split by concern, and what loading shares.
+
+A family is the frozen base behind six small interfaces, each a class below that a stage can be
+typed against:
+
+| interface       | what it answers                                                         |
+|-----------------|-------------------------------------------------------------------------|
+| `Weights`       | which base this is (fingerprints), where it runs, freezing, compiling   |
+| `Conditions`    | conditions file items -> stored arrays -> the denoiser's tensors; null  |
+| `Denoising`     | one pass, CFG's two branches, `guide` (the one way to combine them)     |
+| `AdapterInputs` | what the adapters read from the frozen base: t and condition embeddings |
+| `Pipelines`     | the diffusers pipeline classes the family runs AGD inside               |
+| `Images`        | latent shape and decoding to uint8 images                               |
+
+`Family` is all six; dit.py and sd.py hold each family's peculiarities.
+"""
 
 from __future__ import annotations
 
 import fnmatch
 import hashlib
+import os
 from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import AGDError
+from pipeline.run.errors import AGDError
 
 if TYPE_CHECKING:
     from pipeline.backends import BackendSpec
@@ -29,7 +44,7 @@ def _base_weights(module: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _dtype_name(dtype: torch.dtype) -> str:
+def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
@@ -49,7 +64,7 @@ def state_fingerprint(module: nn.Module, dtype: torch.dtype | None = None) -> st
     return digest.hexdigest()[:32]
 
 
-def _check_path(path: str) -> None:
+def check_path(path: str) -> None:
     """A local path must exist; anything else is a hub id, which needs the network."""
     first = path.split("/")[0]
     looks_local = (path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
@@ -60,8 +75,7 @@ def _check_path(path: str) -> None:
                        "facebook/DiT-XL-2-256")
 
 
-def _load_error(path: str, err: Exception) -> AGDError:
-    import os
+def load_error(path: str, err: Exception) -> AGDError:
     offline = os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false")
     fix = ("download it where the hub is reachable and set base.path to the local folder" if offline
            else "check the hub id, your network, or point base.path at a local folder")
@@ -69,29 +83,111 @@ def _load_error(path: str, err: Exception) -> AGDError:
                     f"{str(err).splitlines()[0][:160]})", fix)
 
 
-class Family:
-    """A frozen base model behind one interface. Subclasses hold the family's peculiarities."""
+class Weights:
+    """Which base this is, where it runs, frozen, optionally compiled."""
 
     spec: BackendSpec
+    path: str  # where it was loaded from (a hint for people, not part of its identity)
     denoiser: nn.Module  # the network adapters are injected into
-    vae: nn.Module | None = None  # latent-space families decode through it
-    scheduler_config: dict
     fingerprint: str  # take_fingerprint
     fingerprint_dtype: str  # the dtype of the weights `fingerprint` hashes
+    compiled = False
+    compile_mode: str | None = None  # torch.compile's mode for every graph of this model (AGD's pass too)
 
-    # --- condition handling ---------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return next(self.denoiser.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.denoiser.parameters()).dtype
+
+    def modules(self) -> list[nn.Module]:
+        return [self.denoiser]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.denoiser.parameters())
+
+    def identity(self) -> dict:
+        """What adapter files record about the base (the path only as a hint for people)."""
+        return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
+
+    def content_identity(self) -> dict:
+        """What decides the content of a trajectory store: the weights, not where they lie."""
+        return {"backend": self.spec.name, "fingerprint": self.fingerprint}
+
+    def take_fingerprint(self) -> None:
+        """Fingerprint the denoiser's weights as they are now, and remember their dtype: full precision
+        when `load` converts afterwards, the pipeline's own dtype for `from_pipeline`."""
+        self.fingerprint = state_fingerprint(self.denoiser)
+        self.fingerprint_dtype = dtype_name(self.dtype)
+
+    def precision_fingerprints(self) -> dict[str, str]:
+        """The fingerprints of the weights in half precision, which adapter files also record, so a
+        diffusers pipeline loaded with torch_dtype=float16 / bfloat16 is recognised as the base."""
+        if self.fingerprint_dtype != "float32":
+            return {self.fingerprint_dtype: self.fingerprint}
+        if self.dtype != torch.float32:  # converted after loading: the full-precision weights are gone
+            return {dtype_name(self.dtype): state_fingerprint(self.denoiser)}
+        return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in
+                (("float16", torch.float16), ("bfloat16", torch.bfloat16))}
+
+    def freeze(self):
+        for module in self.modules():
+            module.eval()  # DiT label dropout and any dropout stay off for good
+            module.requires_grad_(False)
+        return self
+
+    def to(self, device):
+        """The denoiser moves now; a VAE follows on its first decode and text encoders load where the
+        denoiser is, so a stage that never decodes or encodes holds only the denoiser there."""
+        self.denoiser.to(device)
+        return self
+
+    def compile(self):
+        """torch.compile the denoiser in place, adapter hooks included (sample.compile).
+
+        Fixed shapes (one graph per batch shape, and per adapters on or off: CFG's 2B batch, AGD's B),
+        so a stage compiles a few graphs once and reuses them every step. On CUDA the graphs are
+        captured as CUDA graphs (mode reduce-overhead): the step's launch cost goes, which is what
+        bounds small batches. The sampling loop copies outputs it keeps, as the graph reuses them.
+        """
+        if not self.compiled:
+            import torch._dynamo
+
+            cfg = torch._dynamo.config
+            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
+            setattr(cfg, limit, max(getattr(cfg, limit), 64))  # batch shapes x (plain, adapters)
+            self.compile_mode = "reduce-overhead" if self.device.type == "cuda" else None
+            self.denoiser.compile(dynamic=False, mode=self.compile_mode)
+            self.compiled = True
+        return self
+
+
+class Conditions:
+    """Conditions file items -> arrays stored per trajectory -> tensors the denoiser takes."""
+
     def condition_arrays(self, items: list[dict]) -> dict[str, np.ndarray]:
         """Conditions file items -> arrays stored per trajectory (what training needs, no encoders)."""
-        raise NotImplementedError
-
-    def null_condition(self, cond: dict) -> dict:
         raise NotImplementedError
 
     def condition_batch(self, arrays: dict[str, np.ndarray]) -> dict:
         """Stored condition arrays (one row per sample) -> tensors the denoiser takes."""
         return {k: torch.as_tensor(v).to(self.device) for k, v in arrays.items()}
 
-    # --- forward passes -------------------------------------------------------------------
+    def null_condition(self, cond: dict) -> dict:
+        """The unconditional branch's condition for a batch (null class, empty prompt)."""
+        raise NotImplementedError
+
+    def release_text_encoders(self) -> None:
+        """Free the text encoders once every prompt a stage needs is encoded (text families)."""
+
+
+class Denoising:
+    """One pass of the frozen base, CFG's two branches, and how CFG combines them."""
+
+    scheduler_config: dict
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> torch.Tensor:
         raise NotImplementedError
 
@@ -105,16 +201,8 @@ class Family:
         return (out_first, out_second) if self.spec.cfg_layout == "cond_null" else (out_second, out_first)
 
     def guide(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """CFG's output from its two branches (the unconditional one may be an earlier step's, see
-        sampling's `reuse`)."""
-        return self.combine(out_cond, out_null, w)
-
-    def guided(self, x: torch.Tensor, t: torch.Tensor, cond: dict, w: torch.Tensor):
-        """Classifier-free guidance in one batched pass of 2B samples: returns (out_cfg, out_cond)."""
-        out_cond, out_null = self.branches(x, t, cond)
-        return self.guide(out_cond, out_null, w), out_cond
-
-    def combine(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """CFG's output from its two branches, null + w (cond - null) per sample (the unconditional one
+        may be an earlier step's: sampling's `reuse`). The only place CFG is combined."""
         w = w.to(out_cond.dtype).view(-1, *([1] * (out_cond.dim() - 1)))
         return out_null + w * (out_cond - out_null)
 
@@ -130,7 +218,10 @@ class Family:
         """Changes to the base's scheduler config for a given scheduler class (none by default)."""
         return {}
 
-    # --- adapter inputs -------------------------------------------------------------------
+
+class AdapterInputs:
+    """What the adapters read from the frozen base, and where they go."""
+
     def adapter_time(self, t: torch.Tensor) -> torch.Tensor:
         """The frozen base's own timestep embedding (B, Dt): the adapters' t input."""
         raise NotImplementedError
@@ -141,9 +232,22 @@ class Family:
 
     @property
     def embedding_dims(self) -> tuple[int, int]:
+        """(Dt, Dc): widths of adapter_time's and adapter_condition's outputs."""
         raise NotImplementedError
 
-    # --- diffusers pipelines (pipeline.diffusers_agd) ---------------------------------------
+    def adapter_targets(self) -> list[tuple[str, nn.Module]]:
+        """The denoiser's modules that get an adapter (the backend row's name patterns)."""
+        found = [(n, m) for n, m in self.denoiser.named_modules()
+                 if any(fnmatch.fnmatchcase(n, p) for p in self.spec.adapter_targets)]
+        if not found:
+            raise AGDError(f"backend {self.spec.name}", f"no module matches {self.spec.adapter_targets}",
+                           "check that base.backend matches the model in base.path")
+        return found
+
+
+class Pipelines:
+    """The diffusers pipelines the family runs AGD inside (pipeline.guidance.diffusers_agd)."""
+
     pipeline_classes: tuple[str, ...] = ()  # the diffusers pipeline classes AGD is tested inside
 
     @classmethod
@@ -164,7 +268,12 @@ class Family:
         """The pipeline's condition arguments for a list of class labels or captions."""
         return {"class_labels": list(conditions)} if self.spec.condition == "class" else {"prompt": list(conditions)}
 
-    # --- shapes and images ----------------------------------------------------------------
+
+class Images:
+    """Model space and images: the latent shape, decoding (through the VAE where there is one)."""
+
+    vae: nn.Module | None = None  # latent-space families decode through it
+
     @property
     def latent_shape(self) -> tuple[int, int, int]:
         cfg = self.denoiser.config
@@ -177,90 +286,11 @@ class Family:
             x = vae.decode(x.to(vae.dtype) / vae.config.scaling_factor).sample
         return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
 
-    @property
-    def device(self) -> torch.device:
-        return next(self.denoiser.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.denoiser.parameters()).dtype
-
-    def adapter_targets(self) -> list[tuple[str, nn.Module]]:
-        found = [(n, m) for n, m in self.denoiser.named_modules()
-                 if any(fnmatch.fnmatchcase(n, p) for p in self.spec.adapter_targets)]
-        if not found:
-            raise AGDError(f"backend {self.spec.name}", f"no module matches {self.spec.adapter_targets}",
-                           "check that base.backend matches the model in base.path")
-        return found
-
-    def num_parameters(self) -> int:
-        return sum(p.numel() for p in self.denoiser.parameters())
-
-    def identity(self) -> dict:
-        """What adapter files record about the base (the path only as a hint for people)."""
-        return {"backend": self.spec.name, "fingerprint": self.fingerprint, "path": self.path}
-
-    def take_fingerprint(self) -> None:
-        """Fingerprint the denoiser's weights as they are now, and remember their dtype: full precision
-        when `load` converts afterwards, the pipeline's own dtype for `from_pipeline`."""
-        self.fingerprint = state_fingerprint(self.denoiser)
-        self.fingerprint_dtype = _dtype_name(self.dtype)
-
-    def precision_fingerprints(self) -> dict[str, str]:
-        """The fingerprints of the weights in half precision, which adapter files also record, so a
-        diffusers pipeline loaded with torch_dtype=float16 / bfloat16 is recognised as the base."""
-        if self.fingerprint_dtype != "float32":
-            return {self.fingerprint_dtype: self.fingerprint}
-        if self.dtype != torch.float32:  # converted after loading: the full-precision weights are gone
-            return {_dtype_name(self.dtype): state_fingerprint(self.denoiser)}
-        return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in
-                (("float16", torch.float16), ("bfloat16", torch.bfloat16))}
-
-    def content_identity(self) -> dict:
-        """What decides the content of a trajectory store: the weights, not where they lie."""
-        return {"backend": self.spec.name, "fingerprint": self.fingerprint}
-
-    compiled = False
-    compile_mode: str | None = None  # torch.compile's mode for every graph of this model (AGD's pass too)
-
-    def compile(self) -> "Family":
-        """torch.compile the denoiser in place, adapter hooks included (sample.compile).
-
-        Fixed shapes (one graph per batch shape, and per adapters on or off: CFG's 2B batch, AGD's B),
-        so a stage compiles a few graphs once and reuses them every step. On CUDA the graphs are
-        captured as CUDA graphs (mode reduce-overhead): the step's launch cost goes, which is what
-        bounds small batches. The sampling loop copies outputs it keeps, as the graph reuses them.
-        """
-        if not self.compiled:
-            import torch._dynamo
-
-            cfg = torch._dynamo.config
-            limit = "recompile_limit" if hasattr(cfg, "recompile_limit") else "cache_size_limit"
-            setattr(cfg, limit, max(getattr(cfg, limit), 64))  # batch shapes x (plain, adapters)
-            self.compile_mode = "reduce-overhead" if self.device.type == "cuda" else None
-            self.denoiser.compile(dynamic=False, mode=self.compile_mode)
-            self.compiled = True
-        return self
-
-    def freeze(self) -> "Family":
-        for module in self.modules():
-            module.eval()  # DiT label dropout and any dropout stay off for good
-            module.requires_grad_(False)
-        return self
-
-    def modules(self) -> list[nn.Module]:
-        return [self.denoiser]
-
-    def to(self, device) -> "Family":
-        """The denoiser moves now; a VAE follows on its first decode and text encoders load where the
-        denoiser is, so a stage that never decodes or encodes holds only the denoiser there."""
-        self.denoiser.to(device)
-        return self
-
     def vae_on_device(self):
         if self.vae is not None and next(self.vae.parameters()).device != self.device:
             self.vae.to(self.device)
         return self.vae
 
-    def release_text_encoders(self) -> None:
-        """Free the text encoders once every prompt a stage needs is encoded (text families)."""
+
+class Family(Weights, Conditions, Denoising, AdapterInputs, Pipelines, Images):
+    """A frozen base model behind one interface. Subclasses hold the family's peculiarities."""

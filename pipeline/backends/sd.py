@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
-from pipeline import preflight
-from pipeline.backends.family import Family, _check_path, _load_error
-from pipeline.devices import free_memory
+from pipeline.backends.family import Family, check_path, load_error
+from pipeline.run import preflight
+from pipeline.run.devices import free_memory
 
 
 class SDFamily(Family):
@@ -29,14 +29,14 @@ class SDFamily(Family):
     def load(cls, spec, path, dtype):
         from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
-        _check_path(path)
+        check_path(path)
         preflight.model_class(path, "unet", ("UNet2DConditionModel",), spec.name)
         try:
             unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
             vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
             scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
         except (OSError, ValueError, EnvironmentError) as err:
-            raise _load_error(path, err) from None
+            raise load_error(path, err) from None
         family = cls(spec, path, unet, scheduler_config, vae, dtype)
         if dtype != torch.float32:
             unet.to(dtype)
@@ -76,7 +76,7 @@ class SDFamily(Family):
                     tokenizer = AutoTokenizer.from_pretrained(self.path, subfolder=tok_dir)
                     encoder = enc_cls.from_pretrained(self.path, subfolder=enc_dir).to(self.device).eval()
                 except (OSError, ValueError, EnvironmentError) as err:
-                    raise _load_error(self.path, err) from None
+                    raise load_error(self.path, err) from None
                 encoder.requires_grad_(False)
                 pairs.append((tokenizer, encoder))
             self._text = pairs

@@ -1,1 +1,2 @@
-"""One module per DVC stage; each exposes `run(...)` and reads its own section of params.yaml."""
+"""One module per `agd` command: the DVC stages and the tools (pretrain, verify, stores, sample, preset,
+keys). Each exposes `run(params, ...)`; stages are leaves: no stage imports another."""

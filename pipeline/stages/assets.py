@@ -2,10 +2,11 @@
 
 from pathlib import Path
 
-from pipeline import assets, fid
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.data import assets
+from pipeline.run.progress import log
 
 
-def run(dest: Path = fid.WEIGHTS) -> None:
+def run(params: Params, dest: Path = assets.INCEPTION_WEIGHTS) -> None:
     assets.fetch(assets.INCEPTION, dest)
     log(f"assets: FID Inception-v3 weights -> {dest}")

@@ -4,18 +4,34 @@ DVC deletes a stage's outputs before it runs the stage's command, so a params mi
 inside, say, `agd conditions` would come too late: the old output would already be gone. This
 stage runs first (every other stage depends on its marker file) and fails before any of that.
 The marker's content never changes, so passing this stage re-runs nothing downstream.
+
+Beyond each key's own rules (pipeline.config, checked when params.yaml is loaded) it checks what
+needs more than one section or a file: scheduler names and step counts against the base's scheduler,
+captions files, the `dag` section against the backend, outputs that can be written, and that the
+output paths dvc.yaml tracks are the ones params.yaml names.
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
-from pipeline.config import load_all
-from pipeline.progress import log
+import yaml
+
+from pipeline.backends import get_spec
+from pipeline.backends.schedulers import make_scheduler
+from pipeline.config import Params, dag
+from pipeline.data.captions import read_captions
+from pipeline.run import files, preflight
+from pipeline.run.errors import AGDError
+from pipeline.run.progress import log
 
 MARKER = Path("data/params.checked")
 MARKER_TEXT = "params.yaml passed `agd check`\n"
+DVC_YAML = Path("dvc.yaml")
+# stage -> the param naming the output dvc.yaml must track for it
+TRACKED_OUTPUTS = {"trajectories": "trajectories.output", "train": "train.output"}
 
 
 def _scheduler_config(base_path: str) -> dict:
@@ -27,14 +43,34 @@ def _scheduler_config(base_path: str) -> dict:
         return {}
 
 
-def run() -> None:
-    from pipeline import dag, preflight
-    from pipeline.backends import get_spec
-    from pipeline.captions import read_captions
-    from pipeline.sampling import make_scheduler
+def _interpolate(text: str, params: dict) -> str:
+    """dvc.yaml's ${section.key} references, resolved from params (as DVC's templating does)."""
+    def value(match):
+        section, _, key = match.group(1).partition(".")
+        return str(params.get(section, {}).get(key, match.group(0)))
+    return re.sub(r"\$\{([^}]+)\}", value, text)
 
-    params = load_all()
-    base, traj, cond, ev = params["base"], params["trajectories"], params["conditions"], params["evaluate"]
+
+def check_tracked_outputs(params: Params, dvc_yaml: Path = DVC_YAML) -> None:
+    """The outputs dvc.yaml declares for the stages whose output path is a param are that path: else
+    DVC would track (and delete, and restore) a path no stage writes."""
+    if not dvc_yaml.exists():
+        return
+    stages = (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {})
+    values = params.model_dump()
+    for stage, key in TRACKED_OUTPUTS.items():
+        outs = stages.get(stage, {}).get("outs", [])
+        declared = {_interpolate(next(iter(o)) if isinstance(o, dict) else o, values) for o in outs}
+        section, _, name = key.partition(".")
+        wanted = values[section][name]
+        if wanted not in declared:
+            raise AGDError(f"{dvc_yaml}: stages.{stage}.outs", f"do not include {wanted!r}, which params.yaml's "
+                           f"{key} names (they hold {sorted(declared)})",
+                           f"declare the output as ${{{key}}} in dvc.yaml, or set {key} to the path it tracks")
+
+
+def run(params: Params) -> None:
+    base, traj, cond, ev = params.base, params.trajectories, params.conditions, params.evaluate
     spec = get_spec(base.backend)
     config = _scheduler_config(base.path)
     # The same checks the stages make when they build their samplers: scheduler class and step count.
@@ -45,9 +81,10 @@ def run() -> None:
         read_captions(Path(cond.captions_file))
         read_captions(Path(ev.captions_file))
     dag.check(params)  # dvc.yaml's inputs for this backend: after the captions, whose errors say more
-    for key, path in (("trajectories.output", traj.output), ("train.output", params["train"].output)):
+    check_tracked_outputs(params)
+    for key, path in (("trajectories.output", traj.output), ("train.output", params.train.output)):
         preflight.writable(path, f"params.yaml: {key}", "folder")
     preflight.writable(MARKER, "check marker")
     if not MARKER.exists() or MARKER.read_text() != MARKER_TEXT:
-        MARKER.write_text(MARKER_TEXT)
+        files.write_text(MARKER, MARKER_TEXT)
     log(f"check: params.yaml is valid (backend {spec.name})")

@@ -3,30 +3,33 @@ reference: mean, covariance and features of all MNIST test digits."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from pipeline import devices, fid, mnist, preflight
-from pipeline.classifier import REFERENCE, WEIGHTS, DigitClassifier, features, predict, shift_augment
-from pipeline.config import load_section
-from pipeline.progress import Tracker, log
+from pipeline.config import Params
+from pipeline.data import mnist
+from pipeline.evaluation import fid
+from pipeline.evaluation.judge import REFERENCE, WEIGHTS, DigitClassifier, features, predict, shift_augment
+from pipeline.run import devices, files, preflight
+from pipeline.run.progress import Tracker, log
 
 REPORT = Path("reports/classifier.json")
 
 
-def run(data_dir: Path = Path("data")) -> None:
-    p = load_section("classifier")
+def run(params: Params, data_dir: Path = Path("data")) -> None:
+    p = params.classifier
     preflight.writable_all([("classifier weights", WEIGHTS, "file"), ("judge reference", REFERENCE, "file"),
                             ("report", REPORT, "file")])
     torch.manual_seed(p.seed)
     gen = torch.Generator().manual_seed(p.seed)
     train_x, train_y = mnist.load_split(data_dir, "train")
     test_x, test_y = mnist.load_split(data_dir, "test")
+    if p.train_digits:
+        train_x, train_y = train_x[: p.train_digits], train_y[: p.train_digits]
     x, y = mnist.to_model_space(train_x), torch.from_numpy(train_y)
-    device = devices.resolve(load_section("base").device)
+    device = devices.resolve(params.base.device)
     log(f"classifier: training on {devices.describe(device, torch.float32)}")
     model = DigitClassifier().to(device)
     opt = torch.optim.Adam(model.parameters(), lr=p.lr)
@@ -48,9 +51,8 @@ def run(data_dir: Path = Path("data")) -> None:
     predicted = predict(model, test).cpu()
     accuracy = float((predicted == torch.from_numpy(test_y)).float().mean())
     reference = features(model, test).cpu().numpy()
-    WEIGHTS.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.cpu().state_dict(), WEIGHTS)
+    with files.atomic(WEIGHTS) as tmp:
+        torch.save(model.cpu().state_dict(), tmp)
     fid.save_reference(REFERENCE, reference)
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(json.dumps({"test_accuracy": round(accuracy, 4)}, indent=2) + "\n")
+    files.write_json(REPORT, {"test_accuracy": round(accuracy, 4)})
     log(f"classifier: MNIST test accuracy {accuracy:.4f}")

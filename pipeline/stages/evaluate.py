@@ -14,26 +14,22 @@ Per guidance scale, written so that `dvc metrics diff` reads the answer first:
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
 
 import numpy as np
 
-from pipeline import devices, distill, preflight
-from pipeline.config import load_section
-from pipeline.evaluation import Evaluation, held_out, load_models, same_seed_mse
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.evaluation import distill
+from pipeline.evaluation.samples import Evaluation, held_out, load_models, same_seed_mse
+from pipeline.evaluation.tables import scale_key
+from pipeline.run import devices, files, preflight
+from pipeline.run.progress import log
 
 METRICS = Path("reports/metrics.json")
 QUALITY = Path("reports/quality.json")
 TIMING = Path("reports/timing.json")
 DISTILLATION = Path("reports/distillation.csv")
 GRID = Path("reports/samples.png")
-
-
-def scale_key(w: float) -> str:
-    """3.0 -> "w3", 1.5 -> "w1_5": keys without dots keep `dvc metrics diff` readable."""
-    return "w" + (f"{w:g}").replace(".", "_")
 
 
 def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, zoom: int = 3) -> np.ndarray:
@@ -54,7 +50,7 @@ def grid(left: np.ndarray, right: np.ndarray, columns: int = 10, rows: int = 4, 
 def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
     """One row per guidance scale and sampler step (long format: any list of scales gives the same
     columns, and dvc.yaml's plot draws one line per value of `w`)."""
-    with open(path, "w", newline="") as f:
+    with files.atomic(path) as tmp, open(tmp, "w", newline="") as f:
         out = csv.DictWriter(f, ["w", "step", "t", "captured", "cosine", "gain"])
         out.writeheader()
         for w, rows in tables.items():
@@ -63,14 +59,13 @@ def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
                               **{m: row.get(m, "") for m in ("captured", "cosine", "gain")}})
 
 
-def run() -> None:
+def run(params: Params) -> None:
     from PIL import Image
 
-    base, traj, train_p, cond_p, p = (load_section(s) for s in ("base", "trajectories", "train", "conditions",
-                                                                  "evaluate"))
+    traj, cond_p, p = params.trajectories, params.conditions, params.evaluate
     outputs = [METRICS, QUALITY, TIMING, DISTILLATION, GRID]
     preflight.writable_all([(f"evaluate output {o.name}", o, "file") for o in outputs])
-    family, adapters, sampler = load_models(base, traj, train_p, p)
+    family, adapters, sampler = load_models(params)
     log(f"evaluate: {family.spec.name} base on {devices.describe(family.device, family.dtype)}; samples with "
         f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
     ev = Evaluation(family, adapters, p, sampler)
@@ -97,11 +92,10 @@ def run() -> None:
                        "time_ratio": round(agd.seconds / cfg.seconds, 4)}
         log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:
-            GRID.parent.mkdir(parents=True, exist_ok=True)
             image = grid(cfg.images, agd.images)
-            Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(GRID)
-    METRICS.parent.mkdir(parents=True, exist_ok=True)
+            with files.atomic(GRID) as tmp:
+                Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp)
     for path, doc in ((METRICS, metrics), (QUALITY, quality), (TIMING, timing)):
-        path.write_text(json.dumps(doc, indent=2) + "\n")
+        files.write_json(path, doc)
     write_table(DISTILLATION, tables)
     log(f"evaluate: wrote {', '.join(str(o) for o in outputs)}")

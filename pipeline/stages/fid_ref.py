@@ -7,15 +7,17 @@ from pathlib import Path
 
 import torch
 
-from pipeline import devices, fid, mnist, preflight
-from pipeline.config import load_section
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.data import mnist
+from pipeline.evaluation import fid
+from pipeline.run import devices, preflight
+from pipeline.run.progress import log
 
 
-def run(data_dir: Path = Path("data")) -> None:
-    p = load_section("fid_ref")
+def run(params: Params, data_dir: Path = Path("data")) -> None:
+    p = params.fid_ref
     preflight.writable(fid.REFERENCE, "FID reference statistics")
-    device = devices.resolve(load_section("base").device)
+    device = devices.resolve(params.base.device)
     log(f"fid_ref: Inception-v3 on {devices.describe(device, torch.float32)}")
     extractor = fid.InceptionFeatures(fid.WEIGHTS).to(device)
     if p.image_folder:

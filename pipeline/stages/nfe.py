@@ -9,7 +9,7 @@ conditions and seeds:
     reuse           CFG reusing the last unconditional output on      2 per full step, 1 per reusing
                     a share `nfe.reuse` of the steps                  step
 
-NFE is counted from the step plan each sampler runs (pipeline.sampling.step_plan), so a pass that is
+NFE is counted from the step plan each sampler runs (pipeline.guidance.sampling.step_plan), so a pass that is
 spent counts, whether or not it changed the image. Off by default (`nfe.num_samples: 0`):
 
     dvc exp run -S nfe.num_samples=1000
@@ -21,12 +21,12 @@ AGD minus each baseline, paired by seed and condition: `dvc metrics diff` reads 
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from pipeline import preflight, runtime, tables
-from pipeline.config import load_section
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.evaluation import tables
+from pipeline.run import preflight, runtime
+from pipeline.run.progress import log
 
 TABLE = Path("reports/nfe.csv")
 SUMMARY = Path("reports/nfe.json")
@@ -45,8 +45,8 @@ def row(method: str, steps: int, samples, scores: dict) -> dict:
             **tables.quality_cells(scores)}
 
 
-def run() -> None:
-    base, traj, train_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate", "nfe"))
+def run(params: Params) -> None:
+    ev_p, p = params.evaluate, params.nfe
     preflight.writable_all([("NFE table", TABLE, "file"), ("NFE summary", SUMMARY, "file")])
     if p.num_samples == 0:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
@@ -54,10 +54,11 @@ def run() -> None:
         return
     # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
     runtime.setup()
-    from pipeline.evaluation import Evaluation, load_models
-    from pipeline.sampling import Guidance
-    family, adapters, sampler = load_models(base, traj, train_p, ev_p)
-    settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples)
+    from pipeline.evaluation.samples import Evaluation, load_models
+    from pipeline.guidance.sampling import Guidance
+
+    family, adapters, sampler = load_models(params)
+    settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples)
     ev = Evaluation(family, adapters, settings, sampler)
     guidance = Guidance(interval=(p.interval[0], p.interval[1]), reuse=p.reuse)
     w = p.guidance_scale

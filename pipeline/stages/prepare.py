@@ -8,22 +8,22 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline import assets, mnist
-from pipeline.config import load_section
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.data import assets, mnist
+from pipeline.run import files
+from pipeline.run.progress import log
 
 
-def run(data_dir: Path = Path("data")) -> None:
-    params = load_section("prepare")
+def run(params: Params, data_dir: Path = Path("data")) -> None:
     raw = assets.fetch(assets.MNIST, data_dir / "assets" / "mnist.pkl.gz")
     arrays = mnist.read_pickle(raw)
-    arrays["train_x"] = mnist.resize(arrays["train_x"], params.resolution)
-    arrays["test_x"] = mnist.resize(arrays["test_x"], params.resolution)
-    part = data_dir / "mnist.part.npz"
-    save_npz(part, arrays)
-    part.replace(data_dir / "mnist.npz")
+    resolution = params.prepare.resolution
+    arrays["train_x"] = mnist.resize(arrays["train_x"], resolution)
+    arrays["test_x"] = mnist.resize(arrays["test_x"], resolution)
+    with files.atomic(data_dir / "mnist.npz") as tmp:
+        save_npz(tmp, arrays)
     log(f"prepare: MNIST {len(arrays['train_y'])} train / {len(arrays['test_y'])} test digits at "
-        f"{params.resolution}x{params.resolution} -> {data_dir / 'mnist.npz'}")
+        f"{resolution}x{resolution} -> {data_dir / 'mnist.npz'}")
 
 
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -1,71 +1,28 @@
 """`agd pretrain`: train the embedded default's small class-conditional DiT on MNIST.
 
 Not a `dvc repro` stage: its result is committed under models/ so the pipeline starts from a
-pretrained base, exactly as it would from DiT-XL/2. Resumable from its own checkpoints.
-Recipe: epsilon prediction on a cosine schedule, Min-SNR loss weighting, one label drop per
-sample for CFG (as DiT-XL/2 was trained), and an EMA of the weights, which is what gets saved.
+pretrained base, exactly as it would from DiT-XL/2. Resumable from its own checkpoints. The model,
+its schedule and its loss: pipeline.backends.embedded. An EMA of the weights is what gets saved.
 """
 
 from __future__ import annotations
 
 import copy
-import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
-from pipeline import checkpoint, devices, mnist, preflight
-from pipeline.config import load_section
-from pipeline.progress import Tracker, log
-from pipeline.schedule import warmup_cosine
-
-NUM_CLASSES = 10
-
-
-def build_model(p, resolution: int):
-    from diffusers import DiTTransformer2DModel
-
-    return DiTTransformer2DModel(
-        num_attention_heads=p.num_heads, attention_head_dim=p.head_dim, in_channels=1, out_channels=1,
-        num_layers=p.num_layers, sample_size=resolution, patch_size=p.patch_size,
-        num_embeds_ada_norm=NUM_CLASSES, norm_type="ada_norm_zero",
-    )
+from pipeline.backends.embedded import build_model, build_scheduler, denoising_loss, min_snr_weight
+from pipeline.config import Params
+from pipeline.data import mnist
+from pipeline.guidance.training import warmup_cosine
+from pipeline.run import checkpoint, devices, files, preflight
+from pipeline.run.progress import Tracker, log
 
 
-def build_scheduler():
-    from diffusers import DDIMScheduler
-
-    # Pixel space in [-1, 1]: a cosine schedule and x0 clipping suit small images.
-    return DDIMScheduler(num_train_timesteps=1000, beta_schedule="squaredcos_cap_v2", clip_sample=True,
-                         prediction_type="epsilon", set_alpha_to_one=False)
-
-
-def min_snr_weight(scheduler, gamma: float) -> torch.Tensor:
-    """Min-SNR-gamma loss weight per timestep, for epsilon prediction."""
-    alphas = scheduler.alphas_cumprod
-    snr = alphas / (1 - alphas)
-    return torch.clamp(snr, max=gamma) / snr
-
-
-def denoising_loss(model, scheduler, weight, x_all, y_all, batch_size: int, label_drop: float, gen, device):
-    """One batch of the base's training loss: random digits, one label drop per sample (for CFG), random
-    timesteps, noise from the seeded generator on the CPU (device-independent data)."""
-    idx = torch.randint(len(x_all), (batch_size,), generator=gen)
-    x0, y = x_all[idx], y_all[idx].clone()
-    y[torch.rand(batch_size, generator=gen) < label_drop] = NUM_CLASSES
-    t = torch.randint(0, 1000, (batch_size,), generator=gen)
-    noise = torch.randn(x0.shape, generator=gen)
-    xt = scheduler.add_noise(x0, noise, t)
-    xt, t, y, noise = xt.to(device), t.to(device), y.to(device), noise.to(device)
-    pred = model(xt, timestep=t, class_labels=y).sample
-    return (weight[t] * F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))).mean()
-
-
-def run(data_dir: Path = Path("data")) -> None:
-    p = load_section("pretrain")
-    resolution = load_section("prepare").resolution
+def run(params: Params, data_dir: Path = Path("data")) -> None:
+    p = params.pretrain
+    resolution = params.prepare.resolution
     out = Path(p.output)
     preflight.writable(out, "params.yaml: pretrain.output", "folder")
     ckpt_path = out.parent / (out.name + "-checkpoints") / "pretrain.pt"
@@ -73,8 +30,8 @@ def run(data_dir: Path = Path("data")) -> None:
     images, labels = mnist.load_split(data_dir, "train")
     x_all, y_all = mnist.to_model_space(images), torch.from_numpy(labels)
 
-    device = devices.resolve(load_section("base").device)
-    model = build_model(p, resolution).to(device)
+    device = devices.resolve(params.base.device)
+    model = build_model(p.num_heads, p.head_dim, p.num_layers, p.patch_size, resolution).to(device)
     model.eval()  # no dropout inside; the label drop below is the only stochastic part
     ema = copy.deepcopy(model).requires_grad_(False)
     scheduler = build_scheduler()
@@ -83,7 +40,7 @@ def run(data_dir: Path = Path("data")) -> None:
     gen = torch.Generator().manual_seed(p.seed)
     step = 0
     state = checkpoint.load(ckpt_path)
-    if state is not None and state["params"] == asdict(p):
+    if state is not None and state["params"] == p.model_dump():
         model.load_state_dict(state["model"])
         ema.load_state_dict(state["ema"])
         opt.load_state_dict(state["opt"])
@@ -110,10 +67,10 @@ def run(data_dir: Path = Path("data")) -> None:
             losses.append(loss.item())
             tracker.advance(1, loss=sum(losses[-50:]) / len(losses[-50:]))
             if step % p.checkpoint_every == 0 or step == p.steps:
-                checkpoint.save(ckpt_path, {"params": asdict(p), "model": model.state_dict(), "ema": ema.state_dict(),
+                checkpoint.save(ckpt_path, {"params": p.model_dump(), "model": model.state_dict(), "ema": ema.state_dict(),
                                             "opt": opt.state_dict(), "gen": gen.get_state(), "step": step})
     ema.to("cpu").save_pretrained(out / "transformer")
     build_scheduler().save_pretrained(out / "scheduler")
-    (out / "pretrain.json").write_text(json.dumps({"params": asdict(p), "resolution": resolution,
-                                                   "parameters": n_params}, indent=2) + "\n")
+    files.write_json(out / "pretrain.json", {"params": p.model_dump(), "resolution": resolution,
+                                             "parameters": n_params})
     log(f"pretrain: EMA weights saved to {out}")

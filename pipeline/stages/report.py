@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import preflight, report, report_experiments
-from pipeline.config import load_section
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.evaluation import report, report_experiments
+from pipeline.run import files, preflight
+from pipeline.run.errors import AGDError
+from pipeline.run.progress import log
 
 RESULTS = Path("reports/results.md")
 DISTILLATION_PNG = Path("reports/distillation.png")
@@ -21,7 +23,7 @@ FIGURES = (DISTILLATION_PNG, SCALES_PNG, SWEEP_PNG, NFE_PNG, SAMPLERS_PNG, TRANS
 EXPERIMENTS = Path("reports/experiments")
 
 
-def experiments() -> None:
+def experiments(params: Params) -> None:
     """reports/experiments/distillation.png: the per-step curve of the main run and of every rendered
     experiment (scripts/experiment_report.sh), for ablations that change what the adapters learn."""
     folders = sorted(p for p in EXPERIMENTS.iterdir() if p.is_dir()) if EXPERIMENTS.exists() else []
@@ -31,7 +33,7 @@ def experiments() -> None:
     log(f"report: {out} ({len(folders)} experiments)")
 
 
-def run(readme: bool = False) -> None:
+def run(params: Params, readme: bool = False) -> None:
     preflight.writable_all([("results", RESULTS, "file")] + [("figure", f, "file") for f in FIGURES])
     sweep, nfe = report_experiments.sweep_table(), report_experiments.nfe_table()
     samplers, transfer = report_experiments.samplers_table(), report_experiments.transfer_table()
@@ -39,10 +41,10 @@ def run(readme: bool = False) -> None:
             + ("\nAgainst the cheap-CFG baselines (the nfe stage). " + nfe if nfe else "")
             + ("\nUnder other samplers and step counts (the samplers stage):\n\n" + samplers if samplers else "")
             + ("\nApplied unchanged to a fine-tuned base (the transfer stage):\n\n" + transfer if transfer else ""))
-    RESULTS.write_text(text)
+    files.write_text(RESULTS, text)
     report.plot_distillation(DISTILLATION_PNG)
     report.plot_scales(SCALES_PNG)
-    cond = load_section("conditions")
+    cond = params.conditions
     report_experiments.plot_sweep(SWEEP_PNG, (cond.w_min, cond.w_max))
     report_experiments.plot_nfe(NFE_PNG)
     report_experiments.plot_samplers(SAMPLERS_PNG)
@@ -50,7 +52,5 @@ def run(readme: bool = False) -> None:
     log(f"report: {RESULTS}, {', '.join(str(f) for f in FIGURES)}")
     if readme:
         if not report.update_readme(text):
-            from pipeline.errors import AGDError
-
             raise AGDError("README.md", "has no results markers", f"add the lines {report.BEGIN} and {report.END}")
         log("report: README.md results updated")

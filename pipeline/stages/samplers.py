@@ -10,7 +10,7 @@ captures on fresh held-out CFG trajectories of that sampler. Off by default
 
 Writes reports/samplers.csv (one row per setting and method: a DVC plot) and reports/samplers.json
 (per setting, AGD against CFG: `dvc metrics diff` reads it). Whether collecting on a denser or a
-stochastic grid makes adapters robust across samplers is an experiment on top (README):
+stochastic grid makes adapters robust across samplers is an experiment on top (docs/experiments.md):
 
     dvc exp run -S trajectories.scheduler=EulerAncestralDiscreteScheduler -S trajectories.num_steps=50 \\
         -S evaluate.scheduler=DPMSolverMultistepScheduler -S samplers.num_samples=500
@@ -18,13 +18,12 @@ stochastic grid makes adapters robust across samplers is an experiment on top (R
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from pipeline import preflight, runtime, tables
-from pipeline.config import load_section
-from pipeline.config_experiments import parse_setting
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.evaluation import tables
+from pipeline.run import preflight, runtime
+from pipeline.run.progress import log
 
 TABLE = Path("reports/samplers.csv")
 SUMMARY = Path("reports/samplers.json")
@@ -36,9 +35,8 @@ def setting_key(scheduler: str, steps: int) -> str:
     return f"{scheduler.removesuffix('Scheduler').removesuffix('Discrete')}_{steps}"
 
 
-def run() -> None:
-    base, traj, train_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate",
-                                                                "samplers"))
+def run(params: Params) -> None:
+    traj, ev_p, p = params.trajectories, params.evaluate, params.samplers
     preflight.writable_all([("samplers table", TABLE, "file"), ("samplers summary", SUMMARY, "file")])
     if p.num_samples == 0:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
@@ -46,14 +44,15 @@ def run() -> None:
         return
     # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
     runtime.setup()
-    from pipeline import distill
-    from pipeline.evaluation import Evaluation, held_out, load_models
-    from pipeline.sampling import family_scheduler
-    family, adapters, sampler = load_models(base, traj, train_p, ev_p)
-    settings = [parse_setting(s, f"params.yaml: samplers.settings[{i}]") for i, s in enumerate(p.settings)]
+    from pipeline.backends.schedulers import family_scheduler
+    from pipeline.evaluation import distill
+    from pipeline.evaluation.samples import Evaluation, held_out, load_models
+
+    family, adapters, sampler = load_models(params)
+    settings = p.parsed()
     for i, (name, steps) in enumerate(settings):  # every setting refused now, not after an hour of sampling
         family_scheduler(family, name, steps, key=f"params.yaml: samplers.settings[{i}]")
-    ev_settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples)
+    ev_settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples)
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out conditions and seeds
     ev = Evaluation(family, adapters, ev_settings, sampler)
     w = p.guidance_scale

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline import shelf
-from pipeline.config import load_section
-from pipeline.progress import log
-from pipeline.store import TrajectoryStore
+from pipeline.config import Params
+from pipeline.data import shelf
+from pipeline.data.store import TrajectoryStore
+from pipeline.run.progress import log
 
 
 def summary(folder: Path, store: TrajectoryStore | None, size_bytes: int) -> str:
@@ -25,8 +25,8 @@ def summary(folder: Path, store: TrajectoryStore | None, size_bytes: int) -> str
             f"{a.get('num_steps')} steps, w in {a.get('w_range')}, {done}/{len(store)} trajectories finished, {size}")
 
 
-def run(prune: bool = False) -> None:
-    output = Path(load_section("trajectories").output)
+def run(params: Params, prune: bool = False) -> None:
+    output = Path(params.trajectories.output)
     if (output / "zarr.json").exists():
         try:
             current = TrajectoryStore.open(output)

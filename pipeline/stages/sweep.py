@@ -1,6 +1,6 @@
 """Stage `sweep`: CFG, AGD and the unguided base across guidance scales, inside and outside the
-range the adapters were trained on. Off by default (`sweep.num_samples: 0`), because at 500
-samples per method and scale it took 18 minutes on 2 CPU cores (shared with a test run); turn it on with
+range the adapters were trained on. Off by default (`sweep.num_samples: 0`), because it
+samples every method at every scale; turn it on with
 
     dvc exp run -S sweep.num_samples=500
 
@@ -14,12 +14,12 @@ reports/sweep.png with the training range shaded.
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
-from pipeline import preflight, runtime, tables
-from pipeline.config import load_section
-from pipeline.progress import log
+from pipeline.config import Params
+from pipeline.evaluation import tables
+from pipeline.run import preflight, runtime
+from pipeline.run.progress import log
 
 TABLE = Path("reports/sweep.csv")
 SUMMARY = Path("reports/sweep.json")
@@ -30,9 +30,8 @@ def row(method: str, w: float, in_range: bool, scores: dict) -> dict:
     return {"method": method, "w": f"{w:g}", "in_training_range": in_range, **tables.quality_cells(scores)}
 
 
-def run() -> None:
-    base, traj, train_p, cond_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "conditions",
-                                                                        "evaluate", "sweep"))
+def run(params: Params) -> None:
+    traj, cond_p, ev_p, p = params.trajectories, params.conditions, params.evaluate, params.sweep
     preflight.writable_all([("sweep table", TABLE, "file"), ("sweep summary", SUMMARY, "file")])
     if p.num_samples == 0:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
@@ -40,12 +39,12 @@ def run() -> None:
         return
     # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
     runtime.setup()
-    from pipeline import distill
-    from pipeline.evaluation import Evaluation, held_out, load_models
-    from pipeline.stages.evaluate import scale_key
-    family, adapters, sampler = load_models(base, traj, train_p, ev_p)
-    settings = replace(ev_p, num_samples=p.num_samples, inception_samples=p.inception_samples,
-                       guidance_scales=p.guidance_scales, default_scale=p.guidance_scales[0])
+    from pipeline.evaluation import distill
+    from pipeline.evaluation.samples import Evaluation, held_out, load_models
+
+    family, adapters, sampler = load_models(params)
+    settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples,
+                            guidance_scales=p.guidance_scales, default_scale=p.guidance_scales[0])
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out trajectories
     ev = Evaluation(family, adapters, settings, sampler)  # (frees text encoders: after held_out)
     log(f"sweep: {len(p.guidance_scales)} scales x (CFG, AGD) + unguided, {p.num_samples} samples each")
@@ -60,7 +59,7 @@ def run() -> None:
             versus["accuracy_gap"] = round(rows[-1]["accuracy"] - rows[-2]["accuracy"], 4)
         total, _ = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler, traj.num_steps)
         versus.update({k: v for k, v in total.items() if k != "correction_defined"}, in_training_range=in_range)
-        summary[scale_key(w)] = versus
+        summary[tables.scale_key(w)] = versus
         log(f"sweep: w={w:g} {versus}")
     tables.write(TABLE, COLUMNS, rows, SUMMARY, summary)
     log(f"sweep: wrote {TABLE}, {SUMMARY}")

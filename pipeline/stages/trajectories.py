@@ -1,82 +1,36 @@
 """Stage `trajectories`: CFG-guided sampling trajectories of the frozen base, into the Zarr store
 (or, with `trajectories.data: forward_noised`, the paper's ablation: real images noised to the
-sampler's timesteps with CFG's output there, in the same format; pipeline.forward_noised).
+sampler's timesteps with CFG's output there, in the same format; pipeline.data.forward_noised).
 
 Resumable: trajectories are made in fixed batches; a re-run skips every finished trajectory
 and recomputes only unfinished batches (whole batches, so results do not depend on where a
 run was interrupted). A finished trajectory found damaged (a chunk file missing, unreadable or
 non-finite) is marked unfinished and written again, alone. A store made with settings that
-change its content is set aside (pipeline.shelf), never deleted, and taken back when the
+change its content is set aside (pipeline.data.shelf), never deleted, and taken back when the
 settings return to it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipeline import __version__, devices, distributed, forward_noised, preflight, shelf
-from pipeline.background import Writer
-from pipeline.backends import load_base
-from pipeline.config import load_section
-from pipeline.errors import AGDError
-from pipeline.progress import Tracker, log
-from pipeline.sampling import family_scheduler, sample
-from pipeline.stages import conditions as conditions_stage
-from pipeline.store import StoreLock, TrajectoryStore
-
-
-def _jsonable(config) -> dict:
-    """A scheduler config as stable JSON: diffusers' private keys ("_use_default_values" is a list in
-    set order, which changes between processes; "_diffusers_version" between installs) are left out."""
-    public = {k: v for k, v in dict(config).items() if not k.startswith("_")}
-    return json.loads(json.dumps(public, default=str, sort_keys=True))
-
-
-def expected_attrs(family, traj_params, cond_doc: dict) -> dict:
-    """What a store made now, with these inputs, records about its making.
-
-    Only what decides the content: not the collection batch size, the base folder's path or the
-    output path, so changing those keeps a finished store (see the README's guarantees).
-    """
-    scheduler = family_scheduler(family, traj_params.scheduler, traj_params.num_steps,
-                                 key="params.yaml: trajectories.num_steps")
-    cond_sha = hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
-    attrs = {
-        "base": family.content_identity(),
-        "scheduler": traj_params.scheduler,
-        "scheduler_config": _jsonable(scheduler.config),
-        "num_steps": traj_params.num_steps,
-        "w_range": cond_doc["w_range"],
-        "condition": cond_doc["condition"],
-        "conditions_sha256": cond_sha,
-        "prediction_type": family.scheduler_config.get("prediction_type", "epsilon"),
-    }
-    if traj_params.data != "trajectories":  # stores of sampling trajectories keep the attributes they had
-        attrs["data"] = traj_params.data
-    return attrs
-
-
-# Attributes that must match for a store to be resumed, trained on or verified against params.
-PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "data")
-
-
-def _comparable(key: str, value):
-    if key == "base" and isinstance(value, dict):  # stores of earlier versions also recorded the path
-        return {k: value.get(k) for k in ("backend", "fingerprint")}
-    if key == "data":  # a store without the attribute holds sampling trajectories
-        return value or "trajectories"
-    return value
-
-
-def mismatches(attrs: dict, expected: dict, keys=PROVENANCE_KEYS) -> list[str]:
-    return [k for k in keys if _comparable(k, attrs.get(k)) != _comparable(k, expected.get(k))]
+from pipeline import __version__
+from pipeline.backends.family import Family
+from pipeline.backends.loading import load_base
+from pipeline.backends.schedulers import family_scheduler
+from pipeline.config import Params
+from pipeline.data import conditions, forward_noised, shelf
+from pipeline.data.background import Writer
+from pipeline.data.provenance import expected_attrs, mismatches
+from pipeline.data.store import StoreLock, TrajectoryStore
+from pipeline.guidance.sampling import cfg_trajectory_arrays
+from pipeline.run import devices, distributed, preflight
+from pipeline.run.errors import AGDError
+from pipeline.run.progress import Tracker, log
 
 
 def _open_or_set_aside(path: Path, attrs: dict) -> TrajectoryStore | None:
@@ -123,19 +77,7 @@ def _repair(store: TrajectoryStore) -> None:
         store.unmark(sorted(damaged))
 
 
-def _cfg_trajectories(family, p, cond: dict, seeds, w: torch.Tensor) -> dict[str, np.ndarray]:
-    """The store's per-trajectory arrays for a batch: every model input of the CFG sampler and CFG's output."""
-    xs, outs = [], []
-
-    def record(step, x_t, t, out):
-        xs.append(x_t.float().cpu())
-        outs.append(out.float().cpu())
-
-    sample(family, cond, seeds, w, p.scheduler, p.num_steps, mode="cfg", record=record)
-    return {"x": torch.stack(xs, 1).numpy(), "target": torch.stack(outs, 1).numpy()}
-
-
-def _prepare(path: Path, family, p, attrs: dict, extra: dict, w_all, seeds, cond_all, world) -> None:
+def _prepare(path: Path, family: Family, p, attrs: dict, extra: dict, w_all, seeds, cond_all, world) -> None:
     """Rank 0 (or the only process): the store opened, repaired or created, before any rank writes."""
     store = _open_or_set_aside(path, attrs)
     if store is not None:
@@ -152,18 +94,18 @@ def _prepare(path: Path, family, p, attrs: dict, extra: dict, w_all, seeds, cond
                            x_shape, (out_channels, *x_shape[1:]), scheduler.timesteps.numpy(), w_all, seeds, cond_all)
 
 
-def run() -> None:
-    base, p = load_section("base"), load_section("trajectories")
+def run(params: Params) -> None:
+    base, p = params.base, params.trajectories
     if p.data == "forward_noised":
         forward_noised.require_backend(base.backend)
-    cond_doc = conditions_stage.read()
+    cond_doc = conditions.read()
     world = distributed.world()
-    family = load_base(**{**asdict(base), "device": distributed.local_device(base.device)})
+    family = load_base(**{**base.model_dump(), "device": distributed.local_device(base.device)})
     distributed.init(family.device)
-    if load_section("sample").compile:
+    if params.sample.compile:
         family.compile()
     if cond_doc["backend"] != family.spec.name:
-        raise AGDError(str(conditions_stage.CONDITIONS_FILE), f"made for backend {cond_doc['backend']}",
+        raise AGDError(str(conditions.CONDITIONS_FILE), f"made for backend {cond_doc['backend']}",
                        "re-run `agd conditions` after changing base.backend")
     items = cond_doc["items"]
     n = len(items)
@@ -172,7 +114,7 @@ def run() -> None:
     cond_all = family.condition_arrays(items)
     images = forward_noised.training_images(family, items) if p.data == "forward_noised" else None
     family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
-    attrs = expected_attrs(family, p, cond_doc)
+    attrs = expected_attrs(family, p.scheduler, p.num_steps, p.data, cond_doc)
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
     path = Path(p.output)
     preflight.writable(path, "params.yaml: trajectories.output", "folder")
@@ -202,7 +144,7 @@ def run() -> None:
                 cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
                 w = torch.from_numpy(w_all[idx])
                 if images is None:
-                    arrays = _cfg_trajectories(family, p, cond, seeds[idx], w)
+                    arrays = cfg_trajectory_arrays(family, cond, seeds[idx], w, p.scheduler, p.num_steps)
                 else:
                     arrays = forward_noised.states_and_targets(family, noiser, torch.from_numpy(images[idx]),
                                                                cond, seeds[idx], w)

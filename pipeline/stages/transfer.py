@@ -23,13 +23,18 @@ from __future__ import annotations
 import copy
 import json
 import shutil
-from dataclasses import asdict, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pipeline import preflight, runtime, tables
-from pipeline.config import load_section
-from pipeline.errors import AGDError
-from pipeline.progress import Tracker, log
+from pipeline.backends import EMBEDDED
+from pipeline.config import Params
+from pipeline.evaluation import tables
+from pipeline.run import files, preflight, runtime
+from pipeline.run.errors import AGDError
+from pipeline.run.progress import Tracker, log
+
+if TYPE_CHECKING:
+    from pipeline.backends.family import Family
 
 # torch, diffusers and the training code are imported inside the functions that use them, so that
 # the stage, off by default, returns at once in every `dvc repro`.
@@ -45,15 +50,15 @@ def _made_with(folder: Path, recipe: dict) -> bool:
     return path.exists() and json.loads(path.read_text()) == recipe
 
 
-def derived_model(family, base_params, p, out: Path):
-    """The base trained further on p.finetune_digits, loaded as a family (made once per recipe)."""
+def derived_model(family: Family, base_params, pre, p, out: Path):
+    """The base trained further on p.finetune_digits with the pretraining's loss (pre: the pretrain
+    section), loaded as a family (made once per recipe)."""
     import torch
 
-    from pipeline import mnist
-    from pipeline.backends import load_base
-    from pipeline.stages import pretrain
+    from pipeline.backends import embedded
+    from pipeline.backends.loading import load_base
+    from pipeline.data import mnist
 
-    pre = load_section("pretrain")
     recipe = {"base": family.fingerprint, "digits": p.finetune_digits, "steps": p.finetune_steps,
               "lr": p.finetune_lr, "batch_size": p.finetune_batch_size, "label_drop": pre.label_drop, "seed": pre.seed}
     if not _made_with(out, recipe):
@@ -62,13 +67,13 @@ def derived_model(family, base_params, p, out: Path):
         keep = torch.from_numpy(labels).unsqueeze(1).eq(torch.tensor(p.finetune_digits)).any(1).numpy()
         x_all, y_all = mnist.to_model_space(images[keep]), torch.from_numpy(labels[keep])
         model = copy.deepcopy(family.denoiser).float().requires_grad_(True)
-        scheduler = pretrain.build_scheduler()
-        weight = pretrain.min_snr_weight(scheduler, pre.min_snr_gamma).to(family.device)
+        scheduler = embedded.build_scheduler()
+        weight = embedded.min_snr_weight(scheduler, pre.min_snr_gamma).to(family.device)
         opt = torch.optim.AdamW(model.parameters(), lr=p.finetune_lr, weight_decay=0.0)
         gen = torch.Generator().manual_seed(pre.seed)
         with Tracker(f"transfer: fine-tuning on digits {p.finetune_digits}", p.finetune_steps) as tracker:
             for _ in range(p.finetune_steps):
-                loss = pretrain.denoising_loss(model, scheduler, weight, x_all, y_all, p.finetune_batch_size,
+                loss = embedded.denoising_loss(model, scheduler, weight, x_all, y_all, p.finetune_batch_size,
                                                pre.label_drop, gen, family.device)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -77,50 +82,49 @@ def derived_model(family, base_params, p, out: Path):
                 tracker.advance(1, loss=loss.item())
         model.to("cpu").save_pretrained(out / "transformer")
         shutil.copytree(Path(base_params.path) / "scheduler", out / "scheduler")
-        (out / RECIPE).write_text(json.dumps(recipe) + "\n")
-    return load_base(**asdict(replace(base_params, path=str(out))))
+        files.write_text(out / RECIPE, json.dumps(recipe) + "\n")
+    return load_base(**base_params.replace(path=str(out)).model_dump())
 
 
-def width_adapters(family, store, train_p, p, width: int, out: Path):
+def width_adapters(family: Family, store, train_p, p, width: int, out: Path):
     """Adapters of one width on the base's store (trained once per recipe, resumable)."""
-    from pipeline.adapters import AdapterSet
-    from pipeline.stages.train import fit
+    from pipeline.guidance.adapters import AdapterSet
+    from pipeline.guidance.training import fit
 
-    settings = replace(train_p, width=width, heads=max(1, min(train_p.heads, width // 8)), steps=p.adapter_steps,
-                       checkpoint_every=min(train_p.checkpoint_every, p.adapter_steps))
-    recipe = {"train": asdict(settings), "base": family.fingerprint, "store": store.attrs.get("conditions_sha256")}
+    settings = train_p.replace(width=width, heads=max(1, min(train_p.heads, width // 8)), steps=p.adapter_steps,
+                               checkpoint_every=min(train_p.checkpoint_every, p.adapter_steps))
+    recipe = {"train": settings.model_dump(), "base": family.fingerprint, "store": store.attrs.get("conditions_sha256")}
     if _made_with(out, recipe):
         return AdapterSet.load(out, family)
     adapters, _, _ = fit(family, store, settings, out.with_suffix(".ckpt"), label=f"transfer: width {width}")
     adapters.save(out)
-    (out / RECIPE).write_text(json.dumps(recipe) + "\n")
+    files.write_text(out / RECIPE, json.dumps(recipe) + "\n")
     out.with_suffix(".ckpt").unlink(missing_ok=True)
     return adapters
 
 
-def run() -> None:
-    base, traj, train_p, ev_p, p = (load_section(s) for s in ("base", "trajectories", "train", "evaluate",
-                                                                "transfer"))
+def run(params: Params) -> None:
+    base, traj, train_p, ev_p, p = params.base, params.trajectories, params.train, params.evaluate, params.transfer
     preflight.writable_all([("transfer table", TABLE, "file"), ("transfer summary", SUMMARY, "file"),
                             ("params.yaml: transfer.output", p.output, "folder")])
     if p.finetune_steps == 0:
         tables.write(TABLE, COLUMNS, [], SUMMARY, {})
         log("transfer: off (transfer.finetune_steps is 0); turn it on with `dvc exp run -S transfer.finetune_steps=400`")
         return
-    if base.backend != "mnist-dit":
+    if base.backend != EMBEDDED:
         raise AGDError("params.yaml: transfer.finetune_steps", f"the transfer study is built for the embedded default "
                        f"only, not {base.backend}: the derived model is trained on the base's own training images",
                        "set transfer.finetune_steps: 0")
     runtime.setup()
-    from pipeline import distill
-    from pipeline.backends import load_base
-    from pipeline.evaluation import held_out
-    from pipeline.stages.train import open_store_for
+    from pipeline.backends.loading import load_base
+    from pipeline.data.provenance import open_for_training
+    from pipeline.evaluation import distill
+    from pipeline.evaluation.samples import held_out
 
-    family = load_base(**asdict(base))
+    family = load_base(**base.model_dump())
     out = Path(p.output)
-    derived = derived_model(family, base, p, out / "base-finetuned")
-    store = open_store_for(family, traj)
+    derived = derived_model(family, base, params.pretrain, p, out / "base-finetuned")
+    store = open_for_training(family, traj.output, traj.scheduler, traj.num_steps)
     held_cond, held_seeds = held_out(family, ev_p)
     w = p.guidance_scale
     rows, summary = [], {}

@@ -7,18 +7,17 @@ in use.
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from pipeline.backends import load_base
-from pipeline.config import load_section
-from pipeline.errors import AGDError
-from pipeline.progress import Tracker, log
-from pipeline.stages import conditions as conditions_stage
-from pipeline.stages.trajectories import expected_attrs, mismatches
-from pipeline.store import TrajectoryStore
+from pipeline.backends.loading import load_base
+from pipeline.config import Params
+from pipeline.data import conditions
+from pipeline.data.provenance import expected_attrs, mismatches
+from pipeline.data.store import TrajectoryStore
+from pipeline.run.errors import AGDError
+from pipeline.run.progress import Tracker, log
 
 DTYPES = {"x": np.float32, "target": np.float32, "t": np.int64, "w": np.float32, "seed": np.int64, "done": np.bool_}
 
@@ -53,15 +52,14 @@ def problems_in(store: TrajectoryStore) -> list[str]:
     return found
 
 
-def run(path: str | None = None, against_params: bool = True) -> None:
-    traj = load_section("trajectories")
+def run(params: Params, path: str | None = None, against_params: bool = True) -> None:
+    traj = params.trajectories
     path = Path(path or traj.output)
     store = TrajectoryStore.open(path)
     found = problems_in(store)
     if against_params:
-        base = load_section("base")
-        family = load_base(**{**asdict(base), "device": "cpu"})  # only its fingerprint and scheduler are needed
-        expected = expected_attrs(family, traj, conditions_stage.read())
+        family = load_base(**{**params.base.model_dump(), "device": "cpu"})  # its fingerprint and scheduler
+        expected = expected_attrs(family, traj.scheduler, traj.num_steps, traj.data, conditions.read())
         found += [f"attribute {k} differs from the base model / params in use" for k in mismatches(store.attrs, expected)]
     if found:
         raise AGDError(str(path), "; ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else ""),

@@ -1,0 +1,192 @@
+"""The results as a reader sees them: a Markdown table and PNG figures, made from reports/ only.
+
+Nothing here is typed by hand: `agd report` (a DVC stage after evaluate) renders whatever the last
+`dvc repro` measured, stamped with the commit and the params that made it, and `agd report
+--readme` copies the table into README.md between its results markers.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+from pathlib import Path
+
+from pipeline.run import files
+
+REPORTS = Path("reports")
+BEGIN, END = "<!-- results:begin (agd report --readme) -->", "<!-- results:end -->"
+
+
+def _load(name: str) -> dict:
+    path = REPORTS / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _ci(d: dict, digits: int = 1) -> str:
+    """{"value", "ci_low", "ci_high"} -> "76.7 [74.0, 79.9]"."""
+    return f"{d['value']:.{digits}f} [{d['ci_low']:.{digits}f}, {d['ci_high']:.{digits}f}]"
+
+
+def _diff(d: dict, digits: int = 1) -> str:
+    verdict = "**significant**" if d["significant"] else "not significant"
+    return f"{d['value']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}], {verdict}"
+
+
+def _scale(key: str) -> float:
+    return float(key[1:].replace("_", "."))
+
+
+def provenance() -> str:
+    """Which code and params made the figures: the commit, "+changes" when files other than the
+    results themselves (reports/, dvc.lock, README.md, which a repro and this command rewrite)
+    differed from it, and a digest of params.yaml."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=30).stdout.strip()
+        except OSError:
+            return ""
+
+    commit = git("rev-parse", "--short", "HEAD") or "no git"
+    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports",
+                  ":(exclude)dvc.lock", ":(exclude)README.md")
+    params = Path("params.yaml")
+    digest = hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.exists() else "none"
+    return f"commit `{commit}{'+changes' if changed else ''}`, params.yaml sha256 `{digest}`"
+
+
+def table() -> str:
+    """Markdown: per scale AGD against CFG first, then each method's figures, timing, distillation."""
+    metrics, quality, timing, train = _load("metrics.json"), _load("quality.json"), _load("timing.json"), _load("train.json")
+    judge = any("judge_fd" in q.get("cfg", {}) for q in quality.values())
+    lines = ["| w | FID CFG | FID AGD | AGD - CFG (95 % paired) | KID AGD - CFG (x1e3) |"
+             + (" judge FD AGD - CFG | accuracy CFG / AGD |" if judge else "")
+             + " captured | cosine | gain | s/image CFG / AGD |",
+             "|---|---|---|---|---|" + ("---|---|" if judge else "") + "---|---|---|---|"]
+    for key in sorted(metrics, key=_scale):
+        m, q, t = metrics[key], quality[key], timing.get(key, {})
+        kid = {k: (v * 1e3 if isinstance(v, float) else v) for k, v in m["kid_diff"].items()}
+        row = [f"{_scale(key):g}" + ("" if m.get("in_training_range", True) else " (outside training range)"),
+               _ci(q["cfg"]["fid"]), _ci(q["agd"]["fid"]), _diff(m["fid_diff"]), _diff(kid, 2)]
+        if judge:
+            row += [_diff(m["judge_fd_diff"], 2), f"{q['cfg']['accuracy']:.3f} / {q['agd']['accuracy']:.3f}"]
+        row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_cosine', float('nan')):.3f}",
+                f"{m.get('correction_gain', float('nan')):.3f}"]
+        row.append(f"{t['cfg']['seconds_per_image']:.3f} / {t['agd']['seconds_per_image']:.3f}" if t else "")
+        lines.append("| " + " | ".join(row) + " |")
+    lines += [""] + trade_off(metrics, quality)
+    unguided = quality.get("unguided", {})
+    notes = []
+    if unguided:
+        notes.append(f"Unguided base (w = 1): FID {_ci(unguided['fid'])}"
+                     + (f", accuracy {unguided['accuracy']:.3f}" if "accuracy" in unguided else "") + ".")
+    if train:
+        notes.append(f"Adapters: {train.get('parameters', 0):,} parameters ({train.get('percent_of_base', 0):.2f} % of "
+                     f"the base), training loss {train.get('initial_loss')} -> {train.get('final_loss')} in "
+                     f"{train.get('steps')} steps.")
+    notes.append(f"Made by `dvc repro` from {provenance()}.")
+    return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
+
+
+def trade_off(metrics: dict, quality: dict) -> list[str]:
+    """Precision and recall per scale (judge features where there is a judge: every sample, not the
+    Inception subset): guidance trades recall for precision, and this says which one AGD gives up."""
+    prefix = "judge_" if any("judge_precision" in q.get("cfg", {}) for q in quality.values()) else ""
+    keys = [k for k in sorted(metrics, key=_scale) if f"{prefix}precision" in quality[k].get("cfg", {})]
+    if not keys:
+        return []
+    space = "classifier features" if prefix else "Inception features"
+    lines = [f"| w | precision CFG / AGD ({space}) | AGD - CFG | recall CFG / AGD | AGD - CFG |",
+             "|---|---|---|---|---|"]
+    for key in keys:
+        q, m = quality[key], metrics[key]
+        row = [f"{_scale(key):g}"]
+        for name in ("precision", "recall"):
+            row += [f"{_ci(q['cfg'][prefix + name], 3)} / {_ci(q['agd'][prefix + name], 3)}",
+                    _diff(m[f"{prefix}{name}_diff"], 3)]
+        lines.append("| " + " | ".join(row) + " |")
+    return lines
+
+
+def _rows(name: str) -> list[dict]:
+    """A CSV report's rows; [] when it does not exist (like _load for the JSON ones)."""
+    path = REPORTS / name
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def save_figure(fig, out: Path) -> None:
+    """A figure written atomically (its format from the file's suffix), then closed."""
+    with files.atomic(out) as tmp:
+        fig.savefig(tmp, dpi=110)
+    _pyplot().close(fig)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the file-only backend (stages run without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_distillation(out: Path) -> None:
+    """Captured, cosine and gain per sampler step, one line per scale."""
+    plt = _pyplot()
+    rows = _rows("distillation.csv")
+    scales = sorted({r["w"] for r in rows}, key=float)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4), constrained_layout=True)
+    for ax, name in zip(axes, ("captured", "cosine", "gain")):
+        for w in scales:
+            mine = [r for r in rows if r["w"] == w]
+            ys = [float(r[name]) if r[name] else float("nan") for r in mine]
+            ax.plot([int(r["step"]) for r in mine], ys, marker="o", ms=3, label=f"w = {w}")
+        ax.axhline(1.0, color="grey", lw=0.8, ls="--")
+        ax.set_xlabel("sampler step (0 = noise)")
+        ax.set_title(name)
+    axes[0].legend()
+    fig.suptitle("AGD against CFG on held-out CFG trajectories, per sampler step")
+    save_figure(fig, out)
+
+
+def plot_scales(out: Path) -> None:
+    """FID of CFG and AGD (95 % intervals) and correction captured, against the guidance scale."""
+    plt = _pyplot()
+    metrics, quality = _load("metrics.json"), _load("quality.json")
+    keys = sorted(metrics, key=_scale)
+    ws = [_scale(k) for k in keys]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.6), constrained_layout=True)
+    for i, method in enumerate(("cfg", "agd")):
+        f = [quality[k][method]["fid"] for k in keys]
+        offset = (i - 0.5) * 0.06 * (max(ws) - min(ws) or 1)
+        ax.errorbar([w + offset for w in ws], [d["value"] for d in f],
+                    yerr=[[max(d["value"] - d["ci_low"], 0) for d in f], [max(d["ci_high"] - d["value"], 0) for d in f]],
+                    marker="o", capsize=3, label=method.upper())
+    if "unguided" in quality:
+        ax.axhline(quality["unguided"]["fid"]["value"], color="grey", ls="--", lw=0.8, label="unguided")
+    ax.set_xlabel("guidance scale w")
+    ax.set_ylabel("FID (95 % interval)")
+    ax.legend()
+    for name in ("correction_captured", "correction_cosine", "correction_gain"):
+        bx.plot(ws, [metrics[k].get(name, float("nan")) for k in keys], marker="o", label=name.split("_")[1])
+    bx.axhline(1.0, color="grey", lw=0.8, ls="--")
+    bx.set_xlabel("guidance scale w")
+    bx.legend()
+    fig.suptitle("AGD against CFG across guidance scales")
+    save_figure(fig, out)
+
+
+def update_readme(text: str, readme: Path = Path("README.md")) -> bool:
+    """Replace the block between the results markers; False when README has no markers."""
+    doc = readme.read_text()
+    if BEGIN not in doc or END not in doc:
+        return False
+    head, rest = doc.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    files.write_text(readme, head + BEGIN + "\n" + text + END + tail)
+    return True

@@ -1,0 +1,64 @@
+"""Sampling with trained adapters from Python: one forward pass per step at any guidance scale.
+
+    from pipeline.guidance.generate import load_agd, generate
+    family, adapters = load_agd("mnist-dit", "models/base-mnist-dit", "models/adapters")
+    images = generate(family, adapters, [3, 5, 7], w=3.0)   # uint8 (N, H, W, C)
+
+Where diffusers has a pipeline for the model (DiT-XL/2, SD 2.x, SDXL) this runs that pipeline with
+AGD enabled (pipeline.diffusers_agd), the same mechanism a diffusers user calls; the embedded
+pixel-space default, which no diffusers pipeline fits, runs our sampling loop (pipeline.sampling),
+which gives the same latents (tests/test_diffusers.py).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from pipeline.backends.loading import load_base
+from pipeline.backends.schedulers import family_scheduler, seeded_generators
+from pipeline.guidance import diffusers_agd
+from pipeline.guidance.adapters import AdapterSet
+from pipeline.guidance.sampling import sample
+from pipeline.run.errors import AGDError
+
+if TYPE_CHECKING:
+    from pipeline.backends.family import Family
+
+
+def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "float32", device: str = "auto",
+             cfg_channels: int = 0):
+    """The frozen base on `device` (auto: the first CUDA device, else the CPU) with trained adapters."""
+    family = load_base(backend, base_path, dtype, device, cfg_channels)
+    return family, AdapterSet.load(Path(adapters_dir), family)
+
+
+def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, seeds=None, num_steps: int = 25,
+             scheduler: str = "DPMSolverMultistepScheduler", guidance: str = "agd") -> np.ndarray:
+    """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (2 passes).
+    Sample i starts from seed i's noise (seeds: default 0, 1, ...), whatever the batch."""
+    if w < 0:
+        raise AGDError("w", f"guidance scale {w} is negative", "use w >= 0 (w = 1 is unguided)")
+    if guidance not in ("agd", "cfg"):
+        raise AGDError("--guidance", f"{guidance!r} is not a guidance", "use agd (one pass) or cfg (two passes)")
+    seeds = np.arange(len(conditions)) if seeds is None else np.asarray(seeds)
+    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps"))
+    if pipe is None:
+        key = "label" if family.spec.condition == "class" else "caption"
+        cond = family.condition_batch(family.condition_arrays([{key: c} for c in conditions]))
+        family.release_text_encoders()
+        x = sample(family, cond, seeds, torch.full((len(conditions),), float(w)), scheduler, num_steps,
+                   mode=guidance, adapters=adapters)
+        return family.decode(x).cpu().numpy()
+    pipe.set_progress_bar_config(disable=True)
+    if guidance == "agd":
+        diffusers_agd.attach(pipe, family, adapters)
+    try:
+        out = pipe(**family.pipeline_inputs(conditions), guidance_scale=float(w), num_inference_steps=num_steps,
+                   generator=seeded_generators(seeds), output_type="np")
+    finally:
+        diffusers_agd.disable_agd(pipe)
+    return (np.asarray(out.images) * 255).round().astype(np.uint8)
