@@ -8,7 +8,7 @@ steps per second. Three runs:
   alone        one process, one thread per core (torch's default)
   default      N processes at once, each with one thread per core (what `agd` did before)
   share        N processes at once, no AGD_THREADS: each takes usable cores // running agd processes
-               (pipeline.runtime), re-checked while it runs
+               (pipeline.run.runtime), re-checked while it runs
 Prints each run's slowest process, its slowdown against running alone, and all processes' total
 throughput.
 """

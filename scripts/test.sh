@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export HF_HUB_OFFLINE=1 OMP_NUM_THREADS=1 AGD_THREADS=1
-.venv/bin/python -m pytest -q "$@"
+# one worker per core (pytest-xdist); a module's tests stay on one worker, which builds its fixtures once
+.venv/bin/python -m pytest -q -n "${AGD_TEST_WORKERS:-auto}" --dist loadscope "$@"

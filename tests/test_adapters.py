@@ -118,7 +118,7 @@ def test_adapters_refuse_another_base(tiny_project):
 
 
 # (architecture, extra): width 16 with 2 heads folds the value path (2 heads x 3 tokens <= 16), with 8
-# heads it attends (24 > 16): both in-block paths of pipeline.adapter_fusion, with and without the
+# heads it attends (24 > 16): both in-block paths of the fused adapters, with and without the
 # content path and the gate.
 FUSION = [("offset", {"heads": 2}), ("offset", {"heads": 2, "w_gate": True}),
           ("cross_attention", {"heads": 2}), ("cross_attention", {"heads": 2, "mlp": 2, "w_gate": True}),

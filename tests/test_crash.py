@@ -1,41 +1,15 @@
-"""Crash safety: SIGKILL the real trajectories and train commands at many moments, then resume."""
+"""Crash safety of collection: SIGKILL the real `agd trajectories` at many moments, then resume."""
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
 from pipeline.data.store import TrajectoryStore
-from tests.conftest import ROOT, agd, chunk_files
-
-
-def _spawn(project: Path, command: str) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-m", "pipeline.cli", command], cwd=project, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def _kill_when(proc: subprocess.Popen, ready, timeout: float = 120) -> bool:
-    """SIGKILL proc as soon as ready() holds; False if it finished first."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        if proc.poll() is not None:
-            return False
-        if ready():
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            return True
-        time.sleep(0.002)
-    proc.kill()
-    raise AssertionError("timed out waiting for the kill point")
+from tests.conftest import agd, chunk_files
+from tests.crash_helpers import _kill_when, _spawn
 
 
 def _check_consistent(store_path: Path, reference: dict[str, bytes]) -> int:
@@ -87,33 +61,3 @@ def test_sigkill_trajectories_at_many_points(project_copy, tiny_project):
     assert store.is_complete()
     assert chunk_files(store_path) == reference  # every trajectory exactly once, identical to an uninterrupted run
     agd(project_copy, "verify")
-
-
-def test_sigkill_training_resumes_from_checkpoint(project_copy, tmp_path):
-    doc = yaml.safe_load((project_copy / "params.yaml").read_text())
-    doc["train"].update(steps=240, checkpoint_every=40)
-    (project_copy / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    reference = tmp_path / "reference"
-    shutil.copytree(project_copy, reference, copy_function=lambda s, d: os.link(s, d) if "/data/" in s else shutil.copy2(s, d))
-    agd(reference, "train")
-
-    checkpoint = project_copy / "checkpoints" / "train.pt"
-    import torch
-
-    def past_first_checkpoint():
-        if not checkpoint.exists():
-            return False
-        try:
-            return torch.load(checkpoint, weights_only=False)["step"] >= 80
-        except Exception:  # being replaced right now
-            return False
-
-    assert _kill_when(_spawn(project_copy, "train"), past_first_checkpoint), "training finished before the kill"
-    step = torch.load(checkpoint, weights_only=False)["step"]
-    assert 80 <= step < 240
-    resumed = agd(project_copy, "train")
-    assert f"resuming from checkpoints/train.pt at step {step}" in resumed.stderr
-    assert (project_copy / "models/adapters/adapters.safetensors").read_bytes() == \
-        (reference / "models/adapters/adapters.safetensors").read_bytes()
-    assert '"steps": 240' in (project_copy / "reports/train.json").read_text()
-    assert not checkpoint.exists()

@@ -88,7 +88,7 @@ class TrajectoryStore:
             row_bytes = max(values[0].nbytes, 1) if len(values) else 1
             rows = int(min(len(values), max(1, (4 << 20) // row_bytes)))  # ~4 MB chunks at most
             if name == "done":  # one chunk per trajectory: processes writing disjoint trajectories never
-                rows = 1        # write the same mask file (pipeline.distributed)
+                rows = 1        # write the same mask file (pipeline.run.distributed)
             arr = group.create_array(name, shape=values.shape, chunks=(rows, *values.shape[1:]),
                                      dtype=values.dtype, compressors=_compressors(),
                                      fill_value=False if values.dtype == bool else 0)

@@ -101,7 +101,7 @@ def save_reference(path: Path, features: np.ndarray, keep: int = 0, seed: int = 
 
 
 def load_reference(path: Path):
-    """A saved reference as pipeline.quality.Reference."""
+    """A saved reference as pipeline.evaluation.quality.Reference."""
     from pipeline.evaluation.quality import Reference
 
     if not Path(path).exists():

@@ -1,5 +1,5 @@
 """The experiments' tables and figures (sweep, NFE curve, samplers), from their reports only: the same
-generator as the main results (pipeline.report), so `agd report` renders them all."""
+generator as the main results (pipeline.evaluation.report), so `agd report` renders them all."""
 
 from __future__ import annotations
 

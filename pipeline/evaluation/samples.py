@@ -1,5 +1,5 @@
 """The evaluation's samples and their figures: generation with the same seeds and conditions for
-every method, features in each space, and scores with bootstrap intervals (pipeline.quality).
+every method, features in each space, and scores with bootstrap intervals (pipeline.evaluation.quality).
 
 Two feature spaces:
 - Inception-v3 (clean-fid, pinned weights): FID, KID, precision and recall, comparable with the

@@ -5,8 +5,8 @@
     images = generate(family, adapters, [3, 5, 7], w=3.0)   # uint8 (N, H, W, C)
 
 Where diffusers has a pipeline for the model (DiT-XL/2, SD 2.x, SDXL) this runs that pipeline with
-AGD enabled (pipeline.diffusers_agd), the same mechanism a diffusers user calls; the embedded
-pixel-space default, which no diffusers pipeline fits, runs our sampling loop (pipeline.sampling),
+AGD enabled (pipeline.guidance.diffusers_agd), the same mechanism a diffusers user calls; the embedded
+pixel-space default, which no diffusers pipeline fits, runs our sampling loop (pipeline.guidance.sampling),
 which gives the same latents (tests/test_diffusers.py).
 """
 

@@ -2,7 +2,7 @@
 
 auto takes the first CUDA device when torch sees one, else the CPU, so the same params run on a
 laptop and on a GPU box without an edit. Asking for CUDA where there is none is one error line.
-Initial noise is always drawn on the CPU (pipeline.sampling.seeded_generators), so a sample depends
+Initial noise is always drawn on the CPU (pipeline.backends.schedulers.seeded_generators), so a sample depends
 on its seed alone, not on the device or the batch.
 """
 
