@@ -5,7 +5,7 @@
 Collection: CFG trajectories of the first `--trajectories` conditions of data/conditions.json
 (the trajectories stage's sampler and batch size from params.yaml) into a fresh store in a temp
 folder, written inline (depth 0, as before) and by the background writer (pipeline.data.background).
-Training: `--train-steps` steps of the train stage's loop (train.fit, params.yaml's train
+Training: `--train-steps` steps of the train stage's loop (pipeline.guidance.training.fit, params.yaml's train
 section) on data/trajectories.zarr, batches drawn inline and prefetched. Prints trajectory
 states per second and the share of the time the compute waited on the store, for each; for
 training also without the first batch, which waits for the shuffle buffer's initial fill
@@ -20,7 +20,6 @@ import os
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ def main():
     args = parser.parse_args()
     os.environ["AGD_THREADS"] = str(args.threads)
     runtime.setup()
-    
+
     from pipeline import config
     from pipeline.backends.loading import load_base
     from pipeline.data import conditions as conditions_file
@@ -86,7 +85,7 @@ def main():
             print(f"{'collection':<12} {'background' if depth else 'inline':<11} {rate:>9.0f} {100 * wait:>7.1f}%",
                   flush=True)
     store = TrajectoryStore.open(Path(traj.output))
-    p = replace(train_p, steps=args.train_steps)
+    p = train_p.replace(steps=args.train_steps)
     for depth in (0, 2):
         stats: dict = {}
         adapters, _, _ = fit(family, store, p, checkpoint_path=None, label="benchmark", prefetch_depth=depth,

@@ -41,7 +41,8 @@ def sdxl_training_memory(device, checkpointing: bool, tiny: bool) -> float:
     opt = torch.optim.Adam(adapters.parameters(), lr=1e-4, weight_decay=0.0)
     c, h, w = family.latent_shape
     d = family.denoiser.config.cross_attention_dim
-    cond = {"prompt_embeds": torch.randn(1, 77, d, device=device), "pooled": torch.randn(1, 1280 if not tiny else 16, device=device),
+    cond = {"prompt_embeds": torch.randn(1, 77, d, device=device),
+            "pooled": torch.randn(1, 1280 if not tiny else 16, device=device),
             "time_ids": torch.tensor([[1024.0, 1024, 0, 0, 1024, 1024]], device=device)}
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()

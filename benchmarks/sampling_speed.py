@@ -66,7 +66,8 @@ def extra_flops(family, adapters) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.randn(1, *family.latent_shape, device=family.device)
-    t, cond, w = torch.tensor([500], device=family.device), {"labels": torch.tensor([1], device=family.device)}, torch.tensor([3.0])
+    t, w = torch.tensor([500], device=family.device), torch.tensor([3.0])
+    cond = {"labels": torch.tensor([1], device=family.device)}
     counts = []
     with torch.no_grad():
         for run in (lambda: family.forward(x, t, cond), lambda: adapters(family, x, t, cond, w)):

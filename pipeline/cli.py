@@ -35,7 +35,8 @@ def _guard(fn, *args, light: bool = False, **kwargs):
 
 def _stage(run, light: bool = False, launched: str | None = None, **kwargs) -> None:
     """run(params, **kwargs) with params.yaml loaded once. launched: a stage that runs as launch.nproc
-    processes, started under torchrun when no launcher started this one."""
+    processes, started under torchrun when no launcher started this one (the starting process then
+    only waits: it takes no thread share and loads no model)."""
     def go():
         params = config.load()
         if launched is not None and params.launch.nproc > 1:
@@ -46,9 +47,11 @@ def _stage(run, light: bool = False, launched: str | None = None, **kwargs) -> N
             code = distributed.relaunch(launched, params.launch.nproc)
             if code is not None:
                 return code
+        if not light:
+            runtime.setup()
         return run(params, **kwargs)
 
-    code = _guard(go, light=light)
+    code = _guard(go, light=True)
     if isinstance(code, int) and code:
         raise typer.Exit(code)
 

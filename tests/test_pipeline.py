@@ -187,7 +187,8 @@ def test_transfer_stage_applies_base_adapters_to_a_fine_tuned_copy(tiny_project,
     derived = project_copy / "models/transfer/base-finetuned"
     from pipeline.backends.loading import load_base
 
-    assert load_base("mnist-dit", str(derived)).fingerprint != load_base("mnist-dit", str(tiny_project / "models/base-mnist-dit")).fingerprint
+    base = tiny_project / "models/base-mnist-dit"
+    assert load_base("mnist-dit", str(derived)).fingerprint != load_base("mnist-dit", str(base)).fingerprint
     again = agd(project_copy, "transfer")  # everything it made is reused: same figures, nothing trained
     assert "fine-tuning" not in again.stderr and "width 8: cross_attention" not in again.stderr
     assert json.loads((reports / "transfer.json").read_text()) == summary

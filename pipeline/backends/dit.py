@@ -26,7 +26,7 @@ class DiTFamily(Family):
         self.num_classes = cfg.num_embeds_ada_norm  # the null class is this index
         self.learned_variance = cfg.out_channels == 2 * cfg.in_channels
         self.take_fingerprint()
-        self.cfg_channels = 0  # 0: guide every epsilon channel (diffusers' DiTPipeline); see guided()
+        self.cfg_channels = 0  # 0: guide every epsilon channel (diffusers' DiTPipeline); see guide()
 
     @classmethod
     def load(cls, spec: BackendSpec, path: str, dtype: torch.dtype) -> "DiTFamily":

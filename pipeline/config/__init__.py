@@ -76,7 +76,7 @@ def read(path: Path = PARAMS_FILE) -> dict:
         at = f" (line {line + 1})" if line is not None else ""
         raise AGDError(str(path), f"not valid YAML{at}", "correct the YAML syntax") from None
     if raw is None:
-        raw = {}
+        raise AGDError(str(path), "is empty", "compose it from conf/ with `agd preset mnist` (or another backend)")
     if not isinstance(raw, dict):
         raise AGDError(str(path), "top level is not a mapping of sections", f"use sections {', '.join(SECTIONS)}")
     unknown = sorted(set(raw) - set(SECTIONS))

@@ -173,10 +173,10 @@ class TrainParams(Section):
 class EvaluateParams(Section):
     """AGD against CFG on the same conditions and noise."""
 
-    scheduler: str = key("", "sampler of the evaluation samples; \"\": trajectories.scheduler")
     guidance_scales: list[NonNegative] = key([3.0], "guidance scales evaluated", min_length=1)
     default_scale: float = key(3.0, "the scale of the sample grid (one of guidance_scales)")
     num_samples: int = key(2000, "samples per method and scale (same seeds and conditions for every method)", gt=0)
+    scheduler: str = key("", "sampler of the evaluation samples; \"\": trajectories.scheduler")
     num_steps: int = key(25, "sampler steps of the evaluation samples", gt=0)
     batch_size: int = key(125, "samples generated together", gt=0)
     inception_samples: int = key(250, "Inception FID/KID/precision/recall on the first N samples; 0: all", ge=0,

@@ -4,8 +4,9 @@ Every set of generated samples is a draw, so each figure comes with a 95 % boots
 over the generated samples (the reference is fixed). The interval is the bootstrap's spread
 centred on the estimate: resampling with replacement repeats samples, and repeats alone raise FID
 (by several points at a few hundred Inception samples), so the plain percentile interval
-would not even contain the estimate. The spread is what varies from draw to draw; that shift is not. AGD and CFG are sampled with the same seeds
-and conditions, so their difference is bootstrapped *paired*: one resample of sample indices
+would not even contain the estimate. The spread is what varies from draw to draw; that shift is
+not. AGD and CFG are sampled with the same seeds and conditions, so their difference is
+bootstrapped *paired*: one resample of sample indices
 scores both methods, and the noise the two share cancels. A difference is `significant` when its
 interval excludes zero.
 

@@ -101,7 +101,8 @@ def plot_nfe(out: Path) -> None:
             if not mine:
                 continue
             y = [float(r[name]) for r in mine]
-            err = [[v - float(r[f"{name}_low"]) for v, r in zip(y, mine)], [float(r[f"{name}_high"]) - v for v, r in zip(y, mine)]]
+            err = [[v - float(r[f"{name}_low"]) for v, r in zip(y, mine)],
+                   [float(r[f"{name}_high"]) - v for v, r in zip(y, mine)]]
             style = {"lw": 2.2, "zorder": 3} if method == "agd" else {"lw": 1.0}
             for ax, x in ((axes[0], [int(r["nfe"]) for r in mine]), (axes[1], [float(r["seconds_per_image"]) for r in mine])):
                 ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=METHOD_LABELS[method], **style)

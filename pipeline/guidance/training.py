@@ -33,9 +33,9 @@ AUTOCAST = {"none": None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 def fit(family: Family, store: TrajectoryStore, p, checkpoint_path: Path | None, on_start=None, on_step=None,
         label: str = "train", prefetch_depth: int = 2, stats: dict | None = None) -> tuple[AdapterSet, list[float], dict]:
-    """Train adapters with settings p (the train section, pipeline.config.TrainParams) on the store; resumes from checkpoint_path when it
-    holds this run (None: no checkpoints). on_start(first_step) runs before the first step (0 unless
-    resumed), on_step(step, losses, lr) after every step.
+    """Train adapters with settings p (the train section, pipeline.config.TrainParams) on the store;
+    resumes from checkpoint_path when it holds this run (None: no checkpoints). on_start(first_step)
+    runs before the first step (0 unless resumed), on_step(step, losses, lr) after every step.
     prefetch_depth: batches drawn ahead in a background thread (0: inline); `stats`, when given, receives
     the loop's states per second and seconds spent waiting for data.
     Returns the adapters (attached to family), the loss per step and their size summary."""

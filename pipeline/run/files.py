@@ -1,8 +1,10 @@
 """Writing outputs safely, and the one lock, for every stage.
 
-Every file a stage writes goes through `atomic` (or the helpers below that use it): the bytes go to
+Every file our code writes goes through `atomic` (or the helpers below that use it): the bytes go to
 a temporary file in the same folder, are flushed to the disk (fsync), the file is renamed over the
-final name, and the folder's new entry is flushed too. A kill or a power cut at any moment leaves
+final name, and the folder's new entry is flushed too. (What libraries write in their own way is
+theirs: zarr's chunks, which it replaces atomically itself, dvclive's curve, and diffusers'
+`save_pretrained` folders of `agd pretrain` and the transfer study.) A kill or a power cut at any moment leaves
 the old file or the new one under the final name, never a part of one. The temporary name keeps the
 final suffix (`.name.<random>.part.npz`), because writers such as numpy, PIL and matplotlib choose
 their format by it.

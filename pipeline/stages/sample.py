@@ -46,6 +46,7 @@ def run(params: Params, labels: str | None, prompts: list[str] | None, w: float,
                       scheduler=scheduler or params.trajectories.scheduler, guidance=guidance)
     print(f"sample: on {devices.describe(family.device, family.dtype)}")
     row = np.concatenate(list(images), axis=1)
+    fmt = Image.registered_extensions().get(Path(out).suffix.lower(), "PNG")  # as the suffix says; PNG without one
     with files.atomic(out) as tmp:
-        Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(tmp, format="PNG")
+        Image.fromarray(row[..., 0] if row.shape[-1] == 1 else row).save(tmp, format=fmt)
     print(f"sample: {len(conds)} images at w={w:g} ({guidance}) -> {out}")

@@ -1,8 +1,10 @@
 """The adapter folder on disk, as `agd train` writes it: `adapters.safetensors` (the weights) and
 `adapters.json` (architecture, widths, the base's fingerprints, the weights' sha256, the size).
 
-Each file is written atomically, the weights first and the metadata last, and the metadata records
-the weights' sha256: an interrupted or mixed save is refused on load, never half-used.
+Each file is written atomically: the old metadata is removed first, the weights written, the new
+metadata last, and it records the weights' sha256. So a save interrupted at any moment leaves a
+folder that loads as what it was or is refused on load (metadata missing, or not the weights'), never
+new weights read with old metadata.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ def write(out_dir: Path, state: dict, meta: dict) -> None:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_parts(out_dir)
+    (out_dir / META).unlink(missing_ok=True)
     with files.atomic(out_dir / WEIGHTS) as tmp:
         save_file(state, str(tmp))
     meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(out_dir / WEIGHTS)}
