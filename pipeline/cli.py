@@ -14,7 +14,7 @@ from pathlib import Path
 import typer
 
 from pipeline import config
-from pipeline.run import runtime
+from pipeline.run import files, runtime
 from pipeline.run.errors import AGDError
 
 app = typer.Typer(help="Adapter Guidance Distillation: distil classifier-free guidance into adapters.",
@@ -31,14 +31,32 @@ def _guard(fn, *args, light: bool = False, **kwargs):
     except AGDError as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2)
+    except OSError as err:  # the disk refused (full, read-only, permissions): a user error, not a bug
+        refusal = files.disk_error(err)
+        if refusal is None:
+            raise
+        print(f"error: {refusal}", file=sys.stderr)
+        raise typer.Exit(2)
 
 
-def _stage(run, light: bool = False, launched: str | None = None, **kwargs) -> None:
+RESTORE_PARAMS = ("; if `dvc exp run -S` wrote this params.yaml (it keeps what was asked for), `git checkout "
+                  "params.yaml` brings back the committed one")
+
+
+def _stage(run, light: bool = False, launched: str | None = None, restore_hint: bool = False, **kwargs) -> None:
     """run(params, **kwargs) with params.yaml loaded once. launched: a stage that runs as launch.nproc
     processes, started under torchrun when no launcher started this one (the starting process then
-    only waits: it takes no thread share and loads no model)."""
+    only waits: it takes no thread share and loads no model). restore_hint: a mistake in params.yaml
+    also says how to get the committed file back (the check stage, where `dvc exp run` stops)."""
     def go():
-        params = config.load()
+        try:
+            return with_params(config.load())
+        except AGDError as err:
+            if restore_hint and err.where.startswith(str(config.PARAMS_FILE)):
+                raise AGDError(err.where, err.problem, err.fix + RESTORE_PARAMS) from None
+            raise
+
+    def with_params(params):
         if launched is not None and params.launch.nproc > 1:
             from pipeline.run import distributed
 
@@ -61,7 +79,7 @@ def check() -> None:
     """Validate params.yaml as a whole; the first DVC stage, so a mistake stops `dvc repro` before outputs go."""
     from pipeline.stages import check as stage
 
-    _stage(stage.run)
+    _stage(stage.run, restore_hint=True)
 
 
 @app.command()

@@ -175,8 +175,10 @@ def project_copy(tmp_path, tiny_project) -> Path:
 BIN = Path(sys.executable).parent
 
 
-def dvc(project: Path, *args: str) -> sp.CompletedProcess:
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
+def dvc(project: Path, *args: str, path: Path | None = None) -> sp.CompletedProcess:
+    """The real `dvc` in project (path: a folder of commands found before the venv's)."""
+    first = f"{path}:" if path else ""
+    env = {**os.environ, "PATH": f"{first}{BIN}:{os.environ.get('PATH', '')}", "PYTHONPATH": str(ROOT),
            "DVC_NO_ANALYTICS": "1"}
     return sp.run([str(BIN / "dvc"), *args], cwd=project, env=env, capture_output=True, text=True, timeout=900)
 

@@ -1,5 +1,8 @@
 """Adapters: identity at init, only adapters train, w matters once trained, AGD moves towards CFG."""
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -75,17 +78,52 @@ def test_gated_adapters_are_the_base_at_w_1_and_save_their_variant(tiny_base, tm
         assert torch.equal(loaded(family, x, t, cond, torch.full((len(x),), 3.0)), at_three)
 
 
-def test_adapter_files_from_before_the_variants_still_load(tiny_base, tmp_path):
-    """adapters.json written before `mlp` and `w_gate` existed: the paper's adapter, no gate."""
-    import json
+def _format_1(folder: Path) -> None:
+    """An adapter folder as the first format wrote it: no content path or gate fields, no header, no sha."""
+    from safetensors.torch import load_file, save_file
 
+    meta = json.loads((folder / "adapters.json").read_text())
+    for key in ("mlp", "w_gate", "weights_sha256"):
+        meta.pop(key)
+    (folder / "adapters.json").write_text(json.dumps({**meta, "format_version": 1}))
+    save_file(load_file(str(folder / "adapters.safetensors")), str(folder / "adapters.safetensors"))
+
+
+def test_adapter_files_from_before_the_variants_still_load(tiny_base, tmp_path):
+    """adapters.json of format 1, written before `mlp` and `w_gate` existed: the paper's adapter, no gate."""
     family = load_base("mnist-dit", str(tiny_base))
     AdapterSet(family, "cross_attention", width=16, heads=2).save(tmp_path / "old")
-    meta = json.loads((tmp_path / "old" / "adapters.json").read_text())
-    del meta["mlp"], meta["w_gate"]
-    (tmp_path / "old" / "adapters.json").write_text(json.dumps(meta))
+    _format_1(tmp_path / "old")
     loaded = AdapterSet.load(tmp_path / "old", family)
     assert loaded.config["mlp"] == 0 and loaded.config["w_gate"] is False
+
+
+EDITS = [  # what a hand edit (or another file's metadata) does to adapters.json, and the line that names it
+    ("heads", lambda m: m.update(heads=4), "heads: is 4, but the weights were written with 2"),
+    ("w_gate removed", lambda m: m.pop("w_gate"), "w_gate: missing"),
+    ("w_gate flipped", lambda m: m.update(w_gate=False), "w_gate: is False, but the weights were written with True"),
+    ("targets", lambda m: m.update(targets=m["targets"][:1]), "targets: names other modules"),
+    ("version as text", lambda m: m.update(format_version="2"), "format_version: must be an integer, got '2'"),
+    ("unknown version", lambda m: m.update(format_version=7), "adapter format 7 is not one this version reads"),
+    ("width", lambda m: m.update(width=32, heads=2), "width: is 32, but the weights were written with 16"),
+    ("a float for an integer", lambda m: m.update(mlp=2.0), "mlp: expected int, got 2.0"),
+]
+
+
+@pytest.mark.parametrize("name, edit, words", EDITS, ids=[e[0] for e in EDITS])
+def test_adapter_metadata_is_checked_not_trusted(tiny_base, tmp_path, name, edit, words):
+    """Every field that changes what the adapters compute is required, typed and held to the weights'
+    own header: an edited adapters.json is refused with the field named, never loaded as something else."""
+    family = load_base("mnist-dit", str(tiny_base))
+    folder = tmp_path / "adapters"
+    AdapterSet(family, "cross_attention", width=16, heads=2, mlp=2, w_gate=True).save(folder)
+    AdapterSet.load(folder, family)  # as written: it loads
+    meta = json.loads((folder / "adapters.json").read_text())
+    edit(meta)
+    (folder / "adapters.json").write_text(json.dumps(meta))
+    with pytest.raises(AGDError, match=words) as err:
+        AdapterSet.load(folder, family)
+    assert "adapters.json" in err.value.where and err.value.fix
 
 
 def test_trained_adapters_depend_on_w_and_move_towards_cfg(tiny_project):

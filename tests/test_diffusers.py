@@ -181,6 +181,16 @@ def test_wrong_adapters_and_pipelines_are_refused(bases, tmp_path):
         enable_agd(diffusers.StableDiffusionPipeline.from_pretrained(str(other)), bases["sd21"] / "adapters")
     with pytest.raises(AGDError, match="not found"):
         enable_agd(_pipe("sd21", bases["sd21"]), tmp_path / "nothing")
+    embedded = tmp_path / "embedded"
+    embedded.mkdir()
+    meta = json.loads((bases["dit-xl-2"] / "adapters/adapters.json").read_text())
+    (embedded / "adapters.safetensors").write_bytes((bases["dit-xl-2"] / "adapters/adapters.safetensors").read_bytes())
+    for backend, words in (("mnist-dit", "embedded default .* which no diffusers pipeline runs"),
+                           ("dalle", "adapters.json: base.backend: unknown backend 'dalle'")):
+        (embedded / "adapters.json").write_text(json.dumps({**meta, "base": {**meta["base"], "backend": backend}}))
+        with pytest.raises(AGDError, match=words) as err:
+            enable_agd(_pipe("dit-xl-2", bases["dit-xl-2"]), embedded)
+        assert "DiTPipeline" not in err.value.fix
 
 
 def test_half_precision_pipeline_is_recognised_as_the_base(bases, tmp_path):

@@ -19,14 +19,16 @@ if TYPE_CHECKING:
     from pipeline.backends.family import Family
 
 
-def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num_steps"):
+def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num_steps",
+                   name_key: str = "params.yaml: scheduler"):
     """A diffusers scheduler class by name, configured like the base model's own scheduler.
 
-    `key` names the setting the step count came from, for the error when the scheduler refuses it.
+    `key` names the setting the step count came from, `name_key` the one the class name came from, for
+    the error when the scheduler refuses either.
     """
     cls = getattr(diffusers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
-        raise AGDError(f"params.yaml: scheduler {name!r}", "not a diffusers scheduler class",
+        raise AGDError(f"{name_key} {name!r}", "not a diffusers scheduler class",
                        "use e.g. DDIMScheduler, EulerDiscreteScheduler or DPMSolverMultistepScheduler")
     scheduler = cls.from_config(base_config)
     # More steps than the model has training timesteps repeat timesteps (some schedulers accept
@@ -43,9 +45,11 @@ def make_scheduler(name: str, base_config: dict, num_steps: int, key: str = "num
     return scheduler
 
 
-def family_scheduler(family: Family, name: str, num_steps: int, key: str = "num_steps"):
+def family_scheduler(family: Family, name: str, num_steps: int, key: str = "num_steps",
+                     name_key: str = "params.yaml: scheduler"):
     """`make_scheduler` with the family's own changes for that scheduler (DiT: DDPM's learned variance)."""
-    return make_scheduler(name, {**family.scheduler_config, **family.scheduler_overrides(name)}, num_steps, key)
+    return make_scheduler(name, {**family.scheduler_config, **family.scheduler_overrides(name)}, num_steps, key,
+                          name_key)
 
 
 def noise_levels(scheduler) -> np.ndarray:

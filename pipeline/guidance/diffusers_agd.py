@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.backends import get_spec
+from pipeline.backends import EMBEDDED, get_spec
 from pipeline.backends.loading import FAMILIES
 from pipeline.guidance.adapters import AdapterSet, read_meta
 from pipeline.run.errors import AGDError
@@ -50,7 +50,11 @@ def enable_agd(pipe, adapters_dir: str | Path):
     backend = base.get("backend") if isinstance(base, dict) else None
     if not isinstance(backend, str):
         raise AGDError(str(adapters_dir / "adapters.json"), "names no base backend", "re-run `agd train` to write it again")
-    spec = get_spec(backend)
+    spec = get_spec(backend, where=f"{adapters_dir / 'adapters.json'}: base.backend")
+    if spec.name == EMBEDDED:
+        raise AGDError(str(adapters_dir), f"adapters of the embedded default ({EMBEDDED}: 16x16 pixels, 10 classes), "
+                       "which no diffusers pipeline runs", "sample them with `agd sample` or "
+                       "pipeline.guidance.generate (our sampling loop)")
     family_cls = FAMILIES[spec.family]
     _check_pipeline(pipe, family_cls, spec.name)
     family = family_cls.from_pipeline(spec, pipe)

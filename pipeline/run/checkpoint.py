@@ -23,8 +23,10 @@ def set_rng_state(state: dict) -> None:
 
 
 def save(path: Path, state: dict) -> None:
-    with files.atomic(path) as tmp:
-        torch.save(state, tmp)
+    # through a Python file object: a full disk is then an OSError naming the cause (ENOSPC), not
+    # torch's own "iostream error"
+    with files.atomic(path) as tmp, open(tmp, "wb") as f:
+        torch.save(state, f)
 
 
 def load(path: Path) -> dict | None:

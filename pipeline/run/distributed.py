@@ -66,7 +66,7 @@ def check_split(batch_size: int, nproc: int) -> None:
     """Training splits its global batch evenly over the processes: refuse a count that cannot."""
     if batch_size % nproc:
         raise AGDError("params.yaml: train.batch_size", f"the global batch {batch_size} does not split evenly over "
-                       f"{nproc} processes", f"use a multiple of {nproc} (or another launch.nproc)")
+                       f"{nproc} processes (launch.nproc)", f"use a multiple of {nproc} (or another launch.nproc)")
 
 
 def init(device) -> None:

@@ -16,6 +16,7 @@ holder dies.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import uuid
@@ -59,6 +60,11 @@ def atomic(path: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        if err.filename is None:  # a failed write names no file: name the output
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
@@ -77,6 +83,27 @@ def write_text(path: str | Path, text: str) -> None:
 def write_json(path: str | Path, doc) -> None:
     """JSON as the reports are written: two-space indent, one trailing newline."""
     write_text(path, json.dumps(doc, indent=2) + "\n")
+
+
+# The disk's refusals a user can act on, and what to do; anything else is a bug and keeps its traceback.
+DISK_ERRORS = {
+    errno.ENOSPC: "free space on that disk (or point the output elsewhere), then run the command again",
+    errno.EDQUOT: "free space within your quota (or point the output elsewhere), then run the command again",
+    errno.EACCES: "make it writable for this user (or point the output elsewhere), then run the command again",
+    errno.EPERM: "make it writable for this user (or point the output elsewhere), then run the command again",
+    errno.EROFS: "point the output at a writable filesystem (this one is read-only), then run the command again",
+    errno.EIO: "check the disk, then run the command again",
+}
+
+
+def disk_error(err: OSError) -> AGDError | None:
+    """A refusal of the disk as one error line (the path, the cause, the fix), or None when it is not one.
+    Work already finished is kept: the stages resume from what is on disk."""
+    if err.errno not in DISK_ERRORS:
+        return None
+    where = err.filename or "the disk"
+    return AGDError(str(where), err.strerror or os.strerror(err.errno),
+                    DISK_ERRORS[err.errno] + " (finished work is kept and resumed)")
 
 
 def remove_parts(folder: Path) -> int:

@@ -23,7 +23,7 @@ from pipeline.backends import get_spec
 from pipeline.backends.schedulers import make_scheduler
 from pipeline.config import Params, dag
 from pipeline.data.captions import read_captions
-from pipeline.run import files, preflight
+from pipeline.run import distributed, files, preflight
 from pipeline.run.errors import AGDError
 from pipeline.run.progress import log
 
@@ -73,10 +73,18 @@ def run(params: Params) -> None:
     base, traj, cond, ev = params.base, params.trajectories, params.conditions, params.evaluate
     spec = get_spec(base.backend)
     config = _scheduler_config(base.path)
-    # The same checks the stages make when they build their samplers: scheduler class and step count.
-    for section, name, steps in (("trajectories", traj.scheduler, traj.num_steps),
-                                 ("evaluate", ev.scheduler or traj.scheduler, ev.num_steps)):
-        make_scheduler(name, config, steps, key=f"params.yaml: {section}.num_steps")
+    # The refusals the stages would make, made here, before DVC removes any output: every scheduler class
+    # and step count a stage samples with, and the global batch against the process count.
+    evaluation = "evaluate.scheduler" if ev.scheduler else "trajectories.scheduler"
+    samplers = [(name, steps, f"samplers.settings[{i}]", f"samplers.settings[{i}]")
+                for i, (name, steps) in enumerate(params.samplers.parsed())]
+    nfe = [(ev.scheduler or traj.scheduler, steps, "nfe.steps", evaluation) for steps in params.nfe.steps]
+    for name, steps, steps_key, name_key in [(traj.scheduler, traj.num_steps, "trajectories.num_steps",
+                                              "trajectories.scheduler"),
+                                             (ev.scheduler or traj.scheduler, ev.num_steps, "evaluate.num_steps",
+                                              evaluation), *samplers, *nfe]:
+        make_scheduler(name, config, steps, key=f"params.yaml: {steps_key}", name_key=f"params.yaml: {name_key}")
+    distributed.check_split(params.train.batch_size, params.launch.nproc)
     if spec.condition == "text":
         read_captions(Path(cond.captions_file))
         read_captions(Path(ev.captions_file))

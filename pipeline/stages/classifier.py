@@ -51,8 +51,8 @@ def run(params: Params, data_dir: Path = Path("data")) -> None:
     predicted = predict(model, test).cpu()
     accuracy = float((predicted == torch.from_numpy(test_y)).float().mean())
     reference = features(model, test).cpu().numpy()
-    with files.atomic(WEIGHTS) as tmp:
-        torch.save(model.cpu().state_dict(), tmp)
+    with files.atomic(WEIGHTS) as tmp, open(tmp, "wb") as f:
+        torch.save(model.cpu().state_dict(), f)
     fid.save_reference(REFERENCE, reference)
     files.write_json(REPORT, {"test_accuracy": round(accuracy, 4)})
     log(f"classifier: MNIST test accuracy {accuracy:.4f}")

@@ -51,7 +51,8 @@ def run(params: Params) -> None:
     family, adapters, sampler = load_models(params)
     settings = p.parsed()
     for i, (name, steps) in enumerate(settings):  # every setting refused now, not after an hour of sampling
-        family_scheduler(family, name, steps, key=f"params.yaml: samplers.settings[{i}]")
+        key = f"params.yaml: samplers.settings[{i}]"
+        family_scheduler(family, name, steps, key=key, name_key=key)
     ev_settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples)
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out conditions and seeds
     ev = Evaluation(family, adapters, ev_settings, sampler)

@@ -193,11 +193,13 @@ class AdapterSet(nn.Module):
         meta = saved.read_meta(path)
         config = saved.config(path, meta)
         saved.check_base(path, meta, family.fingerprint, family.fingerprint_dtype, family.identity())
-        adapters = cls(family, **config)
+        saved.check_targets(path, meta, [name for name, _ in family.adapter_targets()])
         state = saved.read_weights(path, meta)
+        adapters = cls(family, **config)
         try:
             adapters.load_state_dict(state)
         except RuntimeError as err:
-            raise AGDError(str(path / saved.WEIGHTS), f"unreadable or wrong shapes ({str(err).splitlines()[0][:120]})",
-                           "re-run `agd train` to write it again") from None
+            fields = ", ".join(f"{k} {config[k]}" for k in ("architecture", "width", "mlp", "fourier_features"))
+            raise AGDError(str(path / saved.WEIGHTS), f"its weights do not fit {saved.META}'s {fields} "
+                           f"({str(err).splitlines()[0][:100]})", saved.RETRAIN) from None
         return adapters.attach(family)

@@ -1,6 +1,13 @@
 """The adapter folder on disk, as `agd train` writes it: `adapters.safetensors` (the weights) and
 `adapters.json` (architecture, widths, the base's fingerprints, the weights' sha256, the size).
 
+Metadata is checked, not trusted. Every field that changes what the adapters compute is required in
+a file of the current format, and is also written into the weights file's own header, so an edited
+or mixed-up adapters.json (say `heads` changed, which no weight shape shows) is refused with the
+field named; the targets must be the modules the base has; the weights must fit the shapes the
+fields imply. Files of format 1 (before the content path, the gate and these checks) load as they
+did, their missing fields taking the values of that time.
+
 Each file is written atomically: the old metadata is removed first, the weights written, the new
 metadata last, and it records the weights' sha256. So a save interrupted at any moment leaves a
 folder that loads as what it was or is refused on load (metadata missing, or not the weights'), never
@@ -16,9 +23,15 @@ from pathlib import Path
 from pipeline.run import files
 from pipeline.run.errors import AGDError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: behaviour fields required and mirrored in the weights' header; 1: before that
+READS = (1, 2)
 META, WEIGHTS = "adapters.json", "adapters.safetensors"
-CONFIG_KEYS = ("architecture", "width", "heads", "fourier_features", "seed")
+HEADER_KEY = "agd_adapters"  # the weights file's header entry mirroring the behaviour fields
+# what the adapters compute depends on these (and their types); format 1 files may lack the last two
+BEHAVIOUR = {"architecture": str, "width": int, "heads": int, "fourier_features": int, "seed": int, "mlp": int,
+             "w_gate": bool}
+FORMAT_1_DEFAULTS = {"mlp": 0, "w_gate": False}
+RETRAIN = "re-run `agd train` to write both files again (or restore the file as `agd train` wrote it)"
 
 
 def _sha256(path: Path) -> str:
@@ -30,15 +43,17 @@ def _sha256(path: Path) -> str:
 
 
 def write(out_dir: Path, state: dict, meta: dict) -> None:
-    """The weights (a state dict of CPU tensors), then the metadata with the weights' sha256."""
-    from safetensors.torch import save_file
+    """The weights (a state dict of CPU tensors, their header holding the behaviour fields and the
+    targets), then the metadata with the weights' sha256."""
+    from safetensors.torch import save
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_parts(out_dir)
     (out_dir / META).unlink(missing_ok=True)
-    with files.atomic(out_dir / WEIGHTS) as tmp:
-        save_file(state, str(tmp))
+    header = {k: meta[k] for k in (*BEHAVIOUR, "targets")}
+    # as bytes written by Python: a full disk is an OSError naming the cause
+    files.write_bytes(out_dir / WEIGHTS, save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)}))
     meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(out_dir / WEIGHTS)}
     files.write_json(out_dir / META, meta)
 
@@ -58,17 +73,33 @@ def read_meta(path: Path) -> dict:
     return meta
 
 
+def _version(where: str, meta: dict) -> int:
+    version = meta.get("format_version")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise AGDError(f"{where}: format_version", f"must be an integer, got {version!r}",
+                       f"write {FORMAT_VERSION}, as `agd train` does, or re-run `agd train`")
+    if version not in READS:
+        raise AGDError(f"{where}: format_version", f"adapter format {version} is not one this version reads "
+                       f"({', '.join(map(str, READS))})", "re-train the adapters with this version")
+    return version
+
+
 def config(path: Path, meta: dict) -> dict:
-    """The AdapterSet arguments a metadata file records (files from before the content path and the
-    gate have neither: the paper's adapter, no gate)."""
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise AGDError(str(Path(path) / META), f"adapter format {meta.get('format_version')} is not "
-                       f"{FORMAT_VERSION}", "re-train the adapters with this version")
-    try:
-        found = {k: meta[k] for k in CONFIG_KEYS}
-        found.update(mlp=int(meta.get("mlp", 0)), w_gate=bool(meta.get("w_gate", False)))
-    except (KeyError, TypeError, ValueError):
-        raise AGDError(str(Path(path) / META), "not an adapter config", "re-run `agd train` to write it again") from None
+    """The AdapterSet arguments the metadata records, each field present (format 1: the two it
+    predates default to their values of that time) and of its type."""
+    where = str(Path(path) / META)
+    version = _version(where, meta)
+    found = {}
+    for key, kind in BEHAVIOUR.items():
+        if key not in meta:
+            if version == 1 and key in FORMAT_1_DEFAULTS:
+                found[key] = FORMAT_1_DEFAULTS[key]
+                continue
+            raise AGDError(f"{where}: {key}", "missing (a file of this format records it)", RETRAIN)
+        value = meta[key]
+        if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise AGDError(f"{where}: {key}", f"expected {kind.__name__}, got {value!r}", RETRAIN)
+        found[key] = value
     return found
 
 
@@ -86,19 +117,46 @@ def check_base(path: Path, meta: dict, fingerprint: str, dtype: str, identity: d
                        "load the base model these adapters were trained on, or re-train them")
 
 
+def check_targets(path: Path, meta: dict, targets: list[str]) -> None:
+    """The modules the file's adapters wrap are the ones the base has them on."""
+    saved = meta.get("targets")
+    if saved is None and meta.get("format_version") == 1:
+        return  # format 1 recorded them, but did not require them
+    if saved != targets:
+        missing = [t for t in (saved or []) if t not in targets][:2]
+        raise AGDError(f"{Path(path) / META}: targets", f"names other modules than the base's adapter targets "
+                       f"({len(saved or [])} saved, {len(targets)} expected" + (f"; e.g. {missing}" if missing else "")
+                       + ")", "load the base these adapters were trained on, or " + RETRAIN)
+
+
 def read_weights(path: Path, meta: dict) -> dict:
-    """The state dict, refused when it is not the file the metadata was written with."""
-    from safetensors import SafetensorError
+    """The state dict, refused when it is not the file the metadata was written with: its sha256, and
+    (format 2) the behaviour fields its header mirrors."""
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     weights = Path(path) / WEIGHTS
     try:
         state = load_file(str(weights))
+        with safe_open(str(weights), framework="pt") as f:
+            header = (f.metadata() or {}).get(HEADER_KEY)
     except (SafetensorError, RuntimeError, OSError) as err:
         raise AGDError(str(weights), f"unreadable or wrong shapes ({str(err).splitlines()[0][:120]})",
                        "re-run `agd train` to write it again") from None
     recorded = meta.get("weights_sha256")
     if recorded is not None and recorded != _sha256(weights):
         raise AGDError(str(weights), f"is not the file {META} was written with (another run's weights, or a "
-                       "save that was interrupted)", "re-run `agd train` to write both again")
+                       "save that was interrupted)", RETRAIN)
+    if meta.get("format_version") == FORMAT_VERSION:
+        try:
+            written = json.loads(header) if header is not None else None
+        except json.JSONDecodeError:
+            written = None
+        if not isinstance(written, dict):
+            raise AGDError(str(weights), f"has no {HEADER_KEY} header (not written by `agd train` of this format)",
+                           RETRAIN)
+        for key in (*BEHAVIOUR, "targets"):
+            if written.get(key) != meta.get(key):
+                raise AGDError(f"{Path(path) / META}: {key}", f"is {meta.get(key)!r}, but the weights were written "
+                               f"with {written.get(key)!r}", RETRAIN)
     return state
