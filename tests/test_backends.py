@@ -209,3 +209,27 @@ def test_hoisted_adapters_equal_the_per_block_adapters_on_every_family(trained, 
         plain = family.forward(x, t, cond)
     assert (reference - plain).abs().max() > 0, "the trained adapters change nothing: no test"
     assert ((fused - reference).abs().max() / reference.abs().max()).item() < 1e-5
+
+
+@pytest.mark.parametrize("scheduler", ["DDPMScheduler", "DDIMScheduler", "DPMSolverMultistepScheduler",
+                                       "EulerDiscreteScheduler"])
+def test_learned_variance_dit_samples_with_every_scheduler_as_the_stages_do(trained, monkeypatch, scheduler):
+    """DiT-XL/2-like (8 output channels): `agd sample` under every sampler, AGD and CFG, gives the images
+    of the stages' own loop (DDPM there reads the learned variance, which DiTPipeline drops)."""
+    from pipeline.guidance.sampling import sample
+
+    project = trained["dit-xl-2"]
+    monkeypatch.chdir(project)
+    family = load_base("dit-xl-2", str(project / "base"))
+    adapters = AdapterSet.load(project / "models/adapters", family)
+    cond = family.condition_batch(family.condition_arrays([{"label": 1}, {"label": 2}]))
+    for guidance in ("agd", "cfg"):
+        _run(project, "sample", "--labels", "1,2", "-w", "4", "--scheduler", scheduler, "--steps", "4",
+             "--guidance", guidance, "--out", f"{guidance}.png")
+        with torch.no_grad():
+            x = sample(family, cond, np.arange(2), torch.full((2,), 4.0), scheduler, 4, mode=guidance,
+                       adapters=adapters)
+        loop = np.concatenate(list(family.decode(x).cpu().numpy()), axis=1)
+        png = np.asarray(Image.open(project / f"{guidance}.png"))
+        # the pipeline path's decode rounds like ours; one level of uint8 apart at most
+        assert png.shape == loop.shape and np.abs(png.astype(int) - loop.astype(int)).max() <= 1, (scheduler, guidance)

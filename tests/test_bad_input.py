@@ -16,6 +16,9 @@ from typer.testing import CliRunner
 from pipeline.cli import app
 
 
+SCHEDULER = "models/base-mnist-dit/scheduler/scheduler_config.json"
+
+
 def params(**changes):
     """A mutation of params.yaml: changes like {"train.lr": 0} or {"foo": {}}."""
     def apply(project: Path):
@@ -200,6 +203,12 @@ CASES = [
      "holds a UNet2DConditionModel, backend mnist-dit expects DiTTransformer2DModel"),
     ("cuda-without-gpu", params(**{"base.device": "cuda"}), "trajectories", "base.device: cuda requested, but torch"),
     ("unknown-device", params(**{"base.device": "gpu"}), "train", "base.device: unknown device 'gpu'"),
+    # A scheduler config that samples with a learned variance, on a model that predicts none.
+    ("variance-without-channels-check", edit_json(SCHEDULER, lambda d: d.update(variance_type="learned_range")),
+     "check", "scheduler_config.json: variance_type: 'learned_range' samples with a learned variance, but the model "
+     "predicts none"),
+    ("variance-without-channels-trajectories", edit_json(SCHEDULER, lambda d: d.update(variance_type="learned")),
+     "trajectories", "scheduler_config.json: variance_type: 'learned' samples with a learned variance"),
     ("cfg-channels-too-many", params(**{"base.cfg_channels": 5}), "trajectories", "5 is more than the model's 1"),
     ("check-stage-catches-params", params(**{"conditions.w_min": 9.0}), "check", "w_min 9.0 is above w_max"),
     ("check-stage-steps", params(**{"evaluate.num_steps": 2000}), "check", "evaluate.num_steps: 2000 sampler steps"),

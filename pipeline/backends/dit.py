@@ -9,6 +9,7 @@ import numpy as np
 import torch
 
 from pipeline.backends.family import Family, check_path, load_error
+from pipeline.backends.variance import check_variance, reads_variance
 from pipeline.run import preflight
 from pipeline.run.errors import AGDError
 
@@ -24,7 +25,9 @@ class DiTFamily(Family):
         self.scheduler_config = scheduler_config
         cfg = transformer.config
         self.num_classes = cfg.num_embeds_ada_norm  # the null class is this index
-        self.learned_variance = cfg.out_channels == 2 * cfg.in_channels
+        out_channels = cfg.out_channels or cfg.in_channels  # diffusers: None means in_channels
+        self.learned_variance = out_channels == 2 * cfg.in_channels
+        check_variance(path, cfg.in_channels, out_channels, scheduler_config)
         self.take_fingerprint()
         self.cfg_channels = 0  # 0: guide every epsilon channel (diffusers' DiTPipeline); see guide()
 
@@ -61,8 +64,12 @@ class DiTFamily(Family):
 
     def build_pipeline(self, scheduler):
         # DiTPipeline decodes through a VAE, writes the null class as 1,000 and guides every epsilon
-        # channel: only a DiT-XL/2-like model guided like it fits
-        if self.vae is None or self.num_classes != 1000 or self.cfg_channels:
+        # channel: only a DiT-XL/2-like model guided like it fits. It also drops the variance channels
+        # before the scheduler's step, and does not scale its initial noise by the scheduler's
+        # init_noise_sigma: a sampler that reads the learned variance (DDPM, as the stages sample it)
+        # or starts above sigma 1 (Euler) runs our loop instead, which does both.
+        if self.vae is None or self.num_classes != 1000 or self.cfg_channels or reads_variance(scheduler.config) \
+                or float(scheduler.init_noise_sigma) != 1.0:
             return None
         from diffusers import DiTPipeline
 
@@ -101,10 +108,14 @@ class DiTFamily(Family):
         # DDPM with the model's learned variance: the DiT paper's sampler (250 steps for its FIDs).
         if self.learned_variance and scheduler_name == "DDPMScheduler":
             return {"variance_type": "learned_range"}
+        # Every other sampler gets the epsilon channels alone (scheduler_output), so none may expect
+        # a variance from the base's config (DPMSolver's learned_range would cut the epsilon it gets).
+        if reads_variance(self.scheduler_config):
+            return {"variance_type": None}
         return {}
 
     def scheduler_output(self, out, scheduler=None):
-        learned = getattr(getattr(scheduler, "config", None), "variance_type", None) in ("learned", "learned_range")
+        learned = reads_variance(getattr(scheduler, "config", None) or {})
         return out if self.learned_variance and learned else self.guided_channels(out)
 
     def guided_channels(self, out):
@@ -122,4 +133,5 @@ class DiTFamily(Family):
     def embedding_dims(self):
         d = self.denoiser.inner_dim
         return d, d
+
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.backends import get_spec
+from pipeline.backends.variance import check_variance_on_disk
 from pipeline.backends.schedulers import make_scheduler
 from pipeline.config import Params, dag
 from pipeline.data.captions import read_captions
@@ -85,6 +86,8 @@ def run(params: Params) -> None:
                                               evaluation), *samplers, *nfe]:
         make_scheduler(name, config, steps, key=f"params.yaml: {steps_key}", name_key=f"params.yaml: {name_key}")
     distributed.check_split(params.train.batch_size, params.launch.nproc)
+    if spec.family == "dit":
+        check_variance_on_disk(base.path)  # a scheduler that wants a variance the model does not predict
     if spec.condition == "text":
         read_captions(Path(cond.captions_file))
         read_captions(Path(ev.captions_file))
