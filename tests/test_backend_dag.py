@@ -126,16 +126,22 @@ def test_captions_file_and_reference_folder_are_dependencies(dvc_project):
     assert re.search(r"fid_ref:.*modified:\s+coco-val", status, re.S), status
 
 
+def _under_git_with_hydra(project: Path) -> None:
+    """The project as a user has it: a git repository, DVC composing params.yaml with Hydra, the
+    default params committed."""
+    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
+        subprocess.run(["git", *args], cwd=project, check=True)
+    for key, value in (("core.no_scm", "false"), ("hydra.enabled", "true")):
+        assert dvc(project, "config", key, value).returncode == 0
+    agd(project, "preset", "mnist")
+    subprocess.run(["git", "add", "-A"], cwd=project, check=True)
+    subprocess.run(["git", "commit", "-qm", "default"], cwd=project, check=True)
+
+
 def test_dvc_exp_run_composes_the_same_params_as_agd_preset(switchable):
     """`dvc exp run -S backend=sd21` (DVC's Hydra composition) writes what `agd preset sd21` writes;
     here the sd21 model and COCO are absent, so the run stops at `check` with the file to fetch."""
-    for args in (["init", "-q"], ["config", "user.email", "t@t"], ["config", "user.name", "t"]):
-        subprocess.run(["git", *args], cwd=switchable, check=True)
-    for key, value in (("core.no_scm", "false"), ("hydra.enabled", "true")):
-        assert dvc(switchable, "config", key, value).returncode == 0
-    agd(switchable, "preset", "mnist")
-    subprocess.run(["git", "add", "-A"], cwd=switchable, check=True)
-    subprocess.run(["git", "commit", "-qm", "default"], cwd=switchable, check=True)
+    _under_git_with_hydra(switchable)
     run = dvc(switchable, "exp", "run", "-S", "backend=sd21", "-S", "train.lr=0.0002")
     assert run.returncode != 0 and "Running stage 'check'" in run.stdout
     assert "captions_train2017.json: not found" in run.stdout + run.stderr
@@ -152,3 +158,19 @@ def test_preset_refuses_an_unknown_backend_and_keeps_params(switchable):
     done = agd(switchable, "preset", "sdxl", "train.nope=1", check=False)
     assert done.returncode == 2 and "train.nope" in done.stderr
     assert (switchable / "params.yaml").read_text() == before
+
+
+@pytest.mark.parametrize("override, key", [("train.lr=abc", "train.lr"), ("+train.newkey=1", "train.newkey")])
+def test_a_failed_dvc_exp_run_says_how_to_get_params_yaml_back(switchable, override, key):
+    """DVC leaves the bad value in the workspace params.yaml: the error names the key and says how to
+    bring the committed file back, and that command does."""
+    _under_git_with_hydra(switchable)
+    committed = (switchable / "params.yaml").read_text()
+    run = dvc(switchable, "exp", "run", "-S", override)
+    said = run.stdout + run.stderr
+    assert run.returncode != 0 and "Running stage 'check'" in run.stdout, said
+    errors = [line for line in said.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and key in errors[0] and "git checkout params.yaml" in errors[0], said
+    assert (switchable / "params.yaml").read_text() != committed  # what DVC leaves behind
+    subprocess.run(["git", "checkout", "params.yaml"], cwd=switchable, check=True)
+    assert (switchable / "params.yaml").read_text() == committed
