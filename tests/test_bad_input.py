@@ -15,7 +15,6 @@ from typer.testing import CliRunner
 
 from pipeline.cli import app
 
-
 SCHEDULER = "models/base-mnist-dit/scheduler/scheduler_config.json"
 
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import yaml
 
 from pipeline.backends import get_spec
-from pipeline.backends.variance import check_variance_on_disk
 from pipeline.backends.schedulers import make_scheduler
+from pipeline.backends.variance import check_variance_on_disk
 from pipeline.config import Params, dag
 from pipeline.data.captions import read_captions
 from pipeline.run import distributed, files, preflight
