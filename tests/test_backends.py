@@ -233,3 +233,29 @@ def test_learned_variance_dit_samples_with_every_scheduler_as_the_stages_do(trai
         png = np.asarray(Image.open(project / f"{guidance}.png"))
         # the pipeline path's decode rounds like ours; one level of uint8 apart at most
         assert png.shape == loop.shape and np.abs(png.astype(int) - loop.astype(int)).max() <= 1, (scheduler, guidance)
+
+
+
+@pytest.mark.parametrize("backend", ["sd21", "sdxl"])
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+def test_agd_sample_on_a_half_precision_text_base(trained, tmp_path, monkeypatch, backend, dtype):
+    """The backend files' bfloat16 base (and the float16 most pipelines load), saved in that dtype:
+    `agd sample` runs AGD and CFG through the diffusers pipeline, near the float32 base's images."""
+    import shutil
+
+    from diffusers import DiffusionPipeline
+
+    project = trained[backend]
+    half = tmp_path / "half"
+    DiffusionPipeline.from_pretrained(str(project / "base"), torch_dtype=getattr(torch, dtype)).save_pretrained(half)
+    shutil.copytree(project / "models", tmp_path / "models")
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    for guidance in ("agd", "cfg"):
+        for base, precision in ((half, dtype), (project / "base", "float32")):
+            params["base"].update(path=str(base), dtype=precision)
+            (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+            _run(tmp_path, "sample", "--prompt", "a cat", "--steps", "3", "-w", "7.5", "--guidance", guidance,
+                 "--out", f"{precision}.png")
+        ours, full = (np.asarray(Image.open(tmp_path / f"{n}.png")).astype(int) for n in (dtype, "float32"))
+        assert ours.shape == full.shape and np.abs(ours - full).mean() < 8, (guidance, np.abs(ours - full).mean())

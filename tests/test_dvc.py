@@ -8,7 +8,6 @@ project.
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import pytest
@@ -43,17 +42,6 @@ def test_params_mistake_stops_dvc_repro_before_any_output_goes(dvc_project, sect
     assert message in done.stdout + done.stderr
     assert "Running stage 'check'" in done.stdout
     assert snapshot(dvc_project) == before  # conditions.json, adapters, metrics, dvc.lock: all still there
-
-
-def test_a_base_whose_scheduler_wants_a_variance_stops_dvc_repro_at_the_check(dvc_project):
-    """A file the check reads (the base's scheduler config) changes: the check runs again, first."""
-    config = dvc_project / "models/base-mnist-dit/scheduler/scheduler_config.json"
-    config.write_text(json.dumps({**json.loads(config.read_text()), "variance_type": "learned_range"}))
-    before = snapshot(dvc_project)
-    done = dvc(dvc_project, "repro")
-    assert done.returncode != 0 and "Running stage 'check'" in done.stdout
-    assert "scheduler_config.json: variance_type: 'learned_range' samples with a learned variance" in done.stderr
-    assert snapshot(dvc_project) == before
 
 
 def test_a_stage_that_fails_after_the_check_keeps_its_uncached_outputs(dvc_project, tmp_path):

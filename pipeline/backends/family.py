@@ -122,6 +122,10 @@ class Weights:
         self.fingerprint = state_fingerprint(self.denoiser)
         self.fingerprint_dtype = dtype_name(self.dtype)
 
+    def fingerprint_as(self, dtype: str) -> str:
+        """The fingerprint of the denoiser's weights cast to a dtype ("float16", "bfloat16")."""
+        return state_fingerprint(self.denoiser, getattr(torch, dtype))
+
     def precision_fingerprints(self) -> dict[str, str]:
         """The fingerprints of the weights in half precision, which adapter files also record, so a
         diffusers pipeline loaded with torch_dtype=float16 / bfloat16 is recognised as the base."""
@@ -263,6 +267,10 @@ class Pipelines:
         """A diffusers pipeline around this family's loaded components, or None where diffusers has
         none for the model (the embedded pixel-space default)."""
         return None
+
+    def holds_null(self, tensor: torch.Tensor) -> bool:
+        """Is this tensor (a view of) the family's own unconditional embedding? (Text families.)"""
+        return False
 
     def pipeline_inputs(self, conditions: list) -> dict:
         """The pipeline's condition arguments for a list of class labels or captions."""

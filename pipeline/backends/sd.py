@@ -56,13 +56,20 @@ class SDFamily(Family):
     def call_condition(self, arguments):
         return {"prompt_embeds": arguments["encoder_hidden_states"]}
 
+    # The pipeline gets the prompt embeddings our loop uses (pipeline_inputs), in the base's dtype, and no
+    # text encoder: with one it casts the embeddings, and so its latents, to the encoder's float32, which
+    # a bfloat16 or float16 UNet refuses ("mat1 and mat2 must have the same dtype").
     def build_pipeline(self, scheduler):
         from diffusers import StableDiffusionPipeline
 
-        (tokenizer, encoder), = self.text_models()
-        return StableDiffusionPipeline(vae=self.vae_on_device(), text_encoder=encoder, tokenizer=tokenizer,
+        return StableDiffusionPipeline(vae=self.vae_on_device(), text_encoder=None, tokenizer=None,
                                        unet=self.denoiser, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
+
+    def pipeline_inputs(self, conditions):
+        cond = self.condition_batch(self.condition_arrays([{"caption": c} for c in conditions]))
+        null = self.null_condition(cond)
+        return {"prompt_embeds": cond["prompt_embeds"], "negative_prompt_embeds": null["prompt_embeds"]}
 
     # --- text ------------------------------------------------------------------------------
     def text_models(self):
@@ -102,6 +109,9 @@ class SDFamily(Family):
         if self._null is None:
             self._null = self.condition_batch(self.condition_arrays([{"caption": ""}]))
         return self._null
+
+    def holds_null(self, tensor):
+        return self._null is not None and any(tensor.data_ptr() == v.data_ptr() for v in self._null.values())
 
     def null_condition(self, cond):
         n = len(next(iter(cond.values())))
@@ -160,10 +170,14 @@ class SDXLFamily(SDFamily):
     def build_pipeline(self, scheduler):
         from diffusers import StableDiffusionXLPipeline
 
-        (tokenizer, encoder), (tokenizer_2, encoder_2) = self.text_models()
-        return StableDiffusionXLPipeline(vae=self.vae_on_device(), text_encoder=encoder, text_encoder_2=encoder_2,
-                                         tokenizer=tokenizer, tokenizer_2=tokenizer_2, unet=self.denoiser,
-                                         scheduler=scheduler)
+        return StableDiffusionXLPipeline(vae=self.vae_on_device(), text_encoder=None, text_encoder_2=None,
+                                         tokenizer=None, tokenizer_2=None, unet=self.denoiser, scheduler=scheduler)
+
+    def pipeline_inputs(self, conditions):
+        cond = self.condition_batch(self.condition_arrays([{"caption": c} for c in conditions]))
+        null = self.null_condition(cond)
+        return {"prompt_embeds": cond["prompt_embeds"], "negative_prompt_embeds": null["prompt_embeds"],
+                "pooled_prompt_embeds": cond["pooled"], "negative_pooled_prompt_embeds": null["pooled"]}
 
     def null_embeds(self):
         if self._null is None:

@@ -114,7 +114,7 @@ def _agd_call(self, *args, **kwargs):
     arguments.apply_defaults()
     w = float(arguments.arguments.get("guidance_scale", 1.0))
     if w > 1:
-        _refuse_what_agd_cannot_do(arguments)
+        _refuse_what_agd_cannot_do(arguments, state.family)
     state.w = w
     try:
         return original(self, *args, **kwargs)
@@ -124,13 +124,17 @@ def _agd_call(self, *args, **kwargs):
         state.context = None
 
 
-def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments) -> None:
+def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family) -> None:
     defaults = {name: p.default for name, p in bound.signature.parameters.items()}
     for name, value in bound.arguments.items():
-        if not name.startswith("negative_") or value is None or value == defaults.get(name):
+        default = defaults.get(name)
+        if not name.startswith("negative_") or value is None or value is default or (
+                not isinstance(value, torch.Tensor) and value == default):
             continue
         if name.startswith("negative_prompt") and not name.endswith("embeds") and _empty_prompt(value):
             continue  # the empty prompt is the unconditional branch the adapters were distilled from
+        if isinstance(value, torch.Tensor) and family.holds_null(value):
+            continue  # the same, as the family's own empty-prompt embeddings (agd sample passes them)
         raise AGDError(f"{name}", "AGD does not compute CFG's unconditional branch, and its adapters were "
                        "distilled with the empty prompt there, so a negative prompt would be ignored",
                        "drop it, or call disable_agd(pipe) to run the pipeline's own CFG with it (two passes "

@@ -54,10 +54,12 @@ def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, s
                    mode=guidance, adapters=adapters)
         return family.decode(x).cpu().numpy()
     pipe.set_progress_bar_config(disable=True)
+    inputs = family.pipeline_inputs(conditions)
+    family.release_text_encoders()  # the pipeline gets embeddings, not encoders
     if guidance == "agd":
         diffusers_agd.attach(pipe, family, adapters)
     try:
-        out = pipe(**family.pipeline_inputs(conditions), guidance_scale=float(w), num_inference_steps=num_steps,
+        out = pipe(**inputs, guidance_scale=float(w), num_inference_steps=num_steps,
                    generator=seeded_generators(seeds), output_type="np")
     finally:
         diffusers_agd.disable_agd(pipe)

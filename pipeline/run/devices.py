@@ -9,6 +9,7 @@ on its seed alone, not on the device or the batch.
 from __future__ import annotations
 
 import re
+import sys
 from typing import TYPE_CHECKING
 
 from pipeline.run.errors import AGDError
@@ -26,11 +27,16 @@ def resolve(name: str, key: str = "params.yaml: base.device") -> torch.device:
 
     if not DEVICE_PATTERN.match(name):
         raise AGDError(key, f"unknown device {name!r}", "use auto, cpu, cuda or cuda:N")
+    available, cause = cuda_state()
     if name == "auto":
-        name = "cuda:0" if torch.cuda.is_available() else "cpu"
+        name = "cuda:0" if available else "cpu"
+        if cause:  # a GPU is there, but this torch cannot use it: say so once, and run on the CPU
+            print(f"warning: {key} auto runs on the CPU: {cause}. Fix: {_MATCHING_BUILD}", file=sys.stderr)
     device = torch.device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
+        if not available:
+            if cause:
+                raise AGDError(key, f"{name} requested, but {cause}", _MATCHING_BUILD)
             raise AGDError(key, f"{name} requested, but torch sees no CUDA device",
                            "set base.device: auto or cpu, or install a CUDA build of torch on a GPU machine")
         index = device.index or 0
@@ -41,6 +47,30 @@ def resolve(name: str, key: str = "params.yaml: base.device") -> torch.device:
         torch.backends.cudnn.allow_tf32 = True
         device = torch.device("cuda", index)
     return device
+
+
+_MATCHING_BUILD = ("install the torch build for the CUDA version your driver supports (`nvidia-smi` shows it; "
+                   "e.g. pip install torch --index-url https://download.pytorch.org/whl/cu121), or update the "
+                   "NVIDIA driver")
+
+
+def cuda_state() -> tuple[bool, str]:
+    """Whether torch can use a CUDA device, and when a CUDA build cannot, torch's own reason (its
+    "CUDA initialization" warning: a driver too old for the build, say); "" on a machine without one."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        available = torch.cuda.is_available()
+    if available or torch.version.cuda is None:
+        return available, ""
+    reasons = [str(w.message) for w in caught if "CUDA initialization" in str(w.message)]
+    if not reasons or "no NVIDIA driver" in reasons[0]:
+        return False, ""  # no GPU here: the CPU is what auto means
+    reason = reasons[0].split("CUDA initialization:", 1)[1].strip().split("\n")[0].rstrip(". ")
+    return False, f"torch {torch.__version__} (a CUDA {torch.version.cuda} build) cannot use the GPU: {reason}"
 
 
 def describe(device: torch.device, dtype: torch.dtype) -> str:

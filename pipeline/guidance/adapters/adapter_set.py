@@ -192,7 +192,8 @@ class AdapterSet(nn.Module):
         path = Path(path)
         meta = saved.read_meta(path)
         config = saved.config(path, meta)
-        saved.check_base(path, meta, family.fingerprint, family.fingerprint_dtype, family.identity())
+        saved.check_base(path, meta, family.fingerprint, family.fingerprint_dtype, family.identity(),
+                         family.fingerprint_as)
         saved.check_targets(path, meta, [name for name, _ in family.adapter_targets()])
         state = saved.read_weights(path, meta)
         adapters = cls(family, **config)

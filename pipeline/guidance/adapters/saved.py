@@ -103,14 +103,22 @@ def config(path: Path, meta: dict) -> dict:
     return found
 
 
-def check_base(path: Path, meta: dict, fingerprint: str, dtype: str, identity: dict) -> None:
-    """Refuse adapters made for another base (its fingerprint in the dtype the base is loaded in)."""
+def check_base(path: Path, meta: dict, fingerprint: str, dtype: str, identity: dict, fingerprint_as=None) -> None:
+    """Refuse adapters made for another base (its fingerprint in the dtype the base is loaded in).
+
+    fingerprint_as(dtype name): the base's fingerprint with its weights cast to that dtype. A base saved
+    in half precision and read back in float32 is the training base when its weights, cast back, are the
+    training base's in that half dtype (a checkpoint saved from a bfloat16 pipeline, say)."""
     base = meta.get("base", {})
     recorded = base.get("fingerprint") if dtype == "float32" else base.get("fingerprints", {}).get(dtype)
     if recorded is None:
         raise AGDError(str(Path(path) / META), f"records no fingerprint of the base in {dtype} (written before "
                        "adapter files recorded half-precision fingerprints)",
                        "load the base in float32, or re-save the adapters with this version (`agd train`)")
+    if recorded != fingerprint and dtype == "float32" and fingerprint_as is not None:
+        halves = base.get("fingerprints", {})
+        if any(isinstance(v, str) and fingerprint_as(name) == v for name, v in halves.items()):
+            return
     if recorded != fingerprint:
         shown = {k: v for k, v in base.items() if k != "fingerprints"}
         raise AGDError(str(Path(path) / META), f"made for base {shown}, not {identity} ({dtype} weights)",
