@@ -122,9 +122,15 @@ class Weights:
         self.fingerprint = state_fingerprint(self.denoiser)
         self.fingerprint_dtype = dtype_name(self.dtype)
 
-    def fingerprint_as(self, dtype: str) -> str:
-        """The fingerprint of the denoiser's weights cast to a dtype ("float16", "bfloat16")."""
-        return state_fingerprint(self.denoiser, getattr(torch, dtype))
+    def fingerprint_as(self, dtype: str) -> str | None:
+        """The fingerprint of the denoiser's weights cast to a dtype ("float16", "bfloat16"), when they
+        hold nothing that dtype cannot (a base saved in it and read back wider); else None."""
+        target = getattr(torch, dtype)
+        for tensor in _base_weights(self.denoiser).values():
+            if tensor.is_floating_point() and not tensor.is_meta and \
+                    not torch.equal(tensor.to(target).to(tensor.dtype), tensor):
+                return None
+        return state_fingerprint(self.denoiser, target)
 
     def precision_fingerprints(self) -> dict[str, str]:
         """The fingerprints of the weights in half precision, which adapter files also record, so a
