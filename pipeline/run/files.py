@@ -17,6 +17,7 @@ holder dies.
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import uuid
@@ -47,6 +48,15 @@ def fsync_folder(folder: Path) -> None:
     finally:
         os.close(fd)
 
+
+
+def sha256_of(path: Path) -> str:
+    """A file's sha256, read in 1 MiB blocks (assets of 100 MB, adapters of any size)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 @contextmanager
 def atomic(path: str | Path) -> Iterator[Path]:

@@ -16,7 +16,6 @@ new weights read with old metadata.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -34,14 +33,6 @@ FORMAT_1_DEFAULTS = {"mlp": 0, "w_gate": False}
 RETRAIN = "re-run `agd train` to write both files again (or restore the file as `agd train` wrote it)"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def write(out_dir: Path, state: dict, meta: dict) -> None:
     """The weights (a state dict of CPU tensors, their header holding the behaviour fields and the
     targets), then the metadata with the weights' sha256."""
@@ -54,7 +45,7 @@ def write(out_dir: Path, state: dict, meta: dict) -> None:
     header = {k: meta[k] for k in (*BEHAVIOUR, "targets")}
     # as bytes written by Python: a full disk is an OSError naming the cause
     files.write_bytes(out_dir / WEIGHTS, save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)}))
-    meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": _sha256(out_dir / WEIGHTS)}
+    meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": files.sha256_of(out_dir / WEIGHTS)}
     files.write_json(out_dir / META, meta)
 
 
@@ -152,7 +143,7 @@ def read_weights(path: Path, meta: dict) -> dict:
         raise AGDError(str(weights), f"unreadable or wrong shapes ({str(err).splitlines()[0][:120]})",
                        "re-run `agd train` to write it again") from None
     recorded = meta.get("weights_sha256")
-    if recorded is not None and recorded != _sha256(weights):
+    if recorded is not None and recorded != files.sha256_of(weights):
         raise AGDError(str(weights), f"is not the file {META} was written with (another run's weights, or a "
                        "save that was interrupted)", RETRAIN)
     if meta.get("format_version") == FORMAT_VERSION:
