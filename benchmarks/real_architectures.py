@@ -180,7 +180,7 @@ def run_backend(backend: str, work: Path, resolution: int, assets: Path, reuse: 
     (project / "params.yaml").write_text(yaml.safe_dump(params(backend, scheduler, width), sort_keys=False))
     sample = ["sample", "-w", "4", "--steps", "2", "--out", "sample.png"]
     sample += ["--labels", "0,1"] if backend == "dit-xl-2" else ["--prompt", CAPTIONS[0]]
-    stages = [["check"], ["conditions"], ["trajectories"], ["verify"], ["train"], ["fid-ref"], ["evaluate"], sample]
+    stages = [["check"], ["conditions"], ["trajectories"], ["verify"], ["train"], ["fid-ref"], ["teacher"], ["evaluate"], sample]
     results = []
     for args in stages:
         result = run_stage(project, args)

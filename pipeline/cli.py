@@ -149,12 +149,22 @@ def train() -> None:
 
 
 @app.command()
+def teacher() -> None:
+    """The teacher's evaluation samples: the unguided base and CFG at every evaluate.guidance_scales, into
+    data/teacher.zarr (no adapters needed); resumes per batch; with launch.nproc > 1 shared out over processes."""
+    from pipeline.stages import teacher as stage
+
+    _stage(stage.run, launched="teacher")
+
+
+@app.command()
 def evaluate() -> None:
     """AGD against CFG with 95 % intervals: paired FID/KID differences, precision/recall, class accuracy,
-    correction captured per sampler step, same-seed distances, time (params.yaml: evaluate)."""
+    correction captured per sampler step, same-seed distances, time (params.yaml: evaluate). Samples AGD
+    into data/evaluation.zarr (resumes per batch; launch.nproc shares it out); CFG comes from `agd teacher`."""
     from pipeline.stages import evaluate as stage
 
-    _stage(stage.run)
+    _stage(stage.run, launched="evaluate")
 
 
 @app.command()

@@ -160,7 +160,7 @@ def tiny_project(tmp_path_factory, prepared_data, tiny_base) -> Path:
     """Every stage of the pipeline run once, in order, through the CLI."""
     project = new_project(tmp_path_factory.mktemp("tiny"), prepared_data)
     shutil.copytree(tiny_base, project / "models" / "base-mnist-dit")
-    for stage in ["classifier", "fid-ref", "conditions", "trajectories", "verify", "train", "evaluate", "sweep",
+    for stage in ["classifier", "fid-ref", "conditions", "trajectories", "verify", "train", "teacher", "evaluate", "sweep",
                   "nfe", "samplers", "transfer", "report"]:
         agd(project, stage)
     return project

@@ -163,6 +163,7 @@ def test_text_backend_evaluate_and_sample(trained, prepared_data, monkeypatch):
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
     monkeypatch.chdir(project)
     _run(project, "fid-ref")
+    _run(project, "teacher")
     _run(project, "evaluate")
     timing = json.loads((project / "reports/timing.json").read_text())
     assert timing["w4"]["cfg"]["nfe_per_image"] == 6 and timing["w4"]["agd"]["nfe_per_image"] == 3

@@ -14,8 +14,9 @@ def test_rerun_gives_identical_results(project_copy, tiny_project):
                    "reports/distillation.csv", "reports/samples.png"]:
         path = project_copy / output
         shutil.rmtree(path) if path.is_dir() else path.unlink()
-    shutil.rmtree(project_copy / "data" / "trajectories.zarr")
-    for stage in ["conditions", "trajectories", "train", "evaluate"]:
+    for store in ("trajectories.zarr", "teacher.zarr", "evaluation.zarr"):
+        shutil.rmtree(project_copy / "data" / store)
+    for stage in ["conditions", "trajectories", "train", "teacher", "evaluate"]:
         agd(project_copy, stage)
     a, b = project_copy, tiny_project
     assert (a / "data/conditions.json").read_bytes() == (b / "data/conditions.json").read_bytes()
@@ -31,7 +32,8 @@ def test_rerun_gives_identical_results(project_copy, tiny_project):
 def test_thread_count_changes_training_bits_only(project_copy, tiny_project):
     """What the README promises across thread counts: the same store bytes; adapters equal to float
     rounding only (parallel reductions in the backward pass sum in another order)."""
-    shutil.rmtree(project_copy / "data" / "trajectories.zarr")
+    for store in ("trajectories.zarr", "teacher.zarr", "evaluation.zarr"):
+        shutil.rmtree(project_copy / "data" / store)
     shutil.rmtree(project_copy / "models" / "adapters")
     two = {"AGD_THREADS": "2"}
     agd(project_copy, "trajectories", env=two)

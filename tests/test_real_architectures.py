@@ -22,5 +22,5 @@ def test_real_architecture_runs_every_stage(backend, tmp_path, prepared_data):
     run = json.loads(out.read_text())["runs"][backend]
     assert run["passed"], run["stages"]
     assert [s["stage"] for s in run["stages"]] == ["conditions", "trajectories", "verify", "train", "fid-ref",
-                                                  "evaluate", "sample"]
+                                                  "teacher", "evaluate", "sample"]
     assert 1.5 < run["train_report"]["percent_of_base"] < 3.5  # the paper's ~2 % adapters, at the widths of conf/backend/

@@ -52,6 +52,7 @@ def test_dit_original_code_guides_three_channels(tmp_path):
 
 def test_evaluation_sampler_differs_from_the_trajectory_sampler(project_copy, tiny_project):
     set_params(project_copy, **{"evaluate.scheduler": "DDPMScheduler", "evaluate.guidance_scales": [3.0]})
+    agd(project_copy, "teacher")
     done = agd(project_copy, "evaluate")
     assert "samples with DDPMScheduler, 5 steps; distillation on DDIMScheduler trajectories of 5 steps" in done.stderr
     new = json.loads((project_copy / "reports/metrics.json").read_text())

@@ -293,6 +293,15 @@ class Images:
         cfg = self.denoiser.config
         return cfg.in_channels, cfg.sample_size, cfg.sample_size
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of decoded images: the VAE upsamples by 2 per down block after the first."""
+        c, h, w = self.latent_shape
+        if self.vae is None:
+            return h, w, c
+        scale = 2 ** (len(self.vae.config.block_out_channels) - 1)
+        return h * scale, w * scale, self.vae.config.out_channels
+
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Model space -> uint8 images (N, H, W, C): through the VAE where there is one, else pixels."""
         vae = self.vae_on_device()

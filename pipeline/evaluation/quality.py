@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 CONFIDENCE = 0.95
+BLOCK = 512  # rows of a pairwise matrix held at once: memory BLOCK x n, not n x n (n = 10,000 at the paper's count)
 KNN = 3  # neighbours that define a sample's manifold ball (Kynkäänniemi et al. 2019 use k = 3)
 
 
@@ -85,33 +86,60 @@ class KernelDistance:
 
     A bootstrap resample repeats samples; counting a sample's similarity with its own copy would
     bias the within-set term, so resamples are scored with weights (copies per sample) and pairs of
-    a sample with itself are left out, as in the unbiased estimator.
+    a sample with itself are left out, as in the unbiased estimator. The n x n kernel matrix is
+    never held: every quadratic form is summed over blocks of its rows (BLOCK x n at a time).
     """
 
     def __init__(self, features: np.ndarray, ref: Reference):
-        x, r = features.astype(np.float64), ref.features.astype(np.float64)
-        self.kxx = _kernel(x, x)
-        self.kxr_rows = _kernel(x, r).mean(1)  # each generated sample's mean similarity to the reference
+        self.x, r = features.astype(np.float64), ref.features.astype(np.float64)
+        self.diag = ((self.x ** 2).sum(1) / self.x.shape[1] + 1) ** 3
+        # each generated sample's mean similarity to the reference
+        self.kxr_rows = np.concatenate([_kernel(self.x[s:s + BLOCK], r).mean(1) for s in range(0, len(self.x), BLOCK)])
         m = len(r)
-        krr = _kernel(r, r)
-        self.within_ref = (krr.sum() - np.trace(krr)) / (m * (m - 1))
+        within = sum(_kernel(r[s:s + BLOCK], r).sum() for s in range(0, m, BLOCK))
+        self.within_ref = (within - (((r ** 2).sum(1) / r.shape[1] + 1) ** 3).sum()) / (m * (m - 1))
+
+    def _quadratic(self, weights: np.ndarray) -> np.ndarray:
+        """c K c for every row c of weights (k, n), by blocks of K's rows."""
+        total = np.zeros(len(weights))
+        for s in range(0, len(self.x), BLOCK):
+            rows = _kernel(self.x[s:s + BLOCK], self.x)
+            total += ((weights[:, s:s + BLOCK] @ rows) * weights).sum(1)
+        return total
+
+    def many(self, idx_sets: np.ndarray | None) -> np.ndarray:
+        """The distance of the whole set (None) or of every resample (rows of sample indices)."""
+        n = len(self.x)
+        c = np.ones((1, n)) if idx_sets is None else np.stack([np.bincount(i, minlength=n) for i in idx_sets]).astype(np.float64)
+        sums = c.sum(1)
+        pairs = sums ** 2 - (c ** 2).sum(1)
+        within = (self._quadratic(c) - (c ** 2 * self.diag).sum(1)) / pairs
+        cross = (c @ self.kxr_rows) / sums
+        return within + self.within_ref - 2 * cross
 
     def __call__(self, idx: np.ndarray | None = None) -> float:
-        n = len(self.kxx)
-        c = np.ones(n) if idx is None else np.bincount(idx, minlength=n).astype(np.float64)
-        pairs = c.sum() ** 2 - (c ** 2).sum()
-        within = (c @ self.kxx @ c - (c ** 2 * np.diag(self.kxx)).sum()) / pairs
-        cross = (c @ self.kxr_rows) / c.sum()
-        return float(within + self.within_ref - 2 * cross)
+        return float(self.many(None if idx is None else idx[None])[0])
 
 
 def _kth_neighbour_radii(feats: np.ndarray, k: int) -> np.ndarray:
-    d = np.sqrt(np.maximum(_sq_dists(feats, feats), 0))
-    return np.sort(d, axis=1)[:, k]  # column 0 is the sample itself
+    out = np.empty(len(feats))
+    for s in range(0, len(feats), BLOCK):
+        d = np.sqrt(np.maximum(_sq_dists(feats[s:s + BLOCK], feats), 0))
+        out[s:s + BLOCK] = np.partition(d, k, axis=1)[:, k]  # column 0 is the sample itself
+    return out
 
 
 def _sq_dists(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a ** 2).sum(1)[:, None] + (b ** 2).sum(1)[None, :] - 2 * a @ b.T
+
+
+def _inside(points: np.ndarray, centres: np.ndarray, radii: np.ndarray) -> np.ndarray:
+    """Is each point inside some ball (centre, radius)? By blocks of points."""
+    out = np.empty(len(points), bool)
+    for s in range(0, len(points), BLOCK):
+        d = np.sqrt(np.maximum(_sq_dists(points[s:s + BLOCK], centres), 0))
+        out[s:s + BLOCK] = (d <= radii[None, :]).any(1)
+    return out
 
 
 def manifold_membership(generated: np.ndarray, real: np.ndarray, k: int = KNN
@@ -125,10 +153,7 @@ def manifold_membership(generated: np.ndarray, real: np.ndarray, k: int = KNN
     if n <= k:
         return None
     g, r = generated[:n].astype(np.float64), real[:n].astype(np.float64)
-    d_gr = np.sqrt(np.maximum(_sq_dists(g, r), 0))
-    in_real = (d_gr <= _kth_neighbour_radii(r, k)[None, :]).any(1)
-    in_generated = (d_gr.T <= _kth_neighbour_radii(g, k)[None, :]).any(1)
-    return in_real, in_generated
+    return _inside(g, r, _kth_neighbour_radii(r, k)), _inside(r, g, _kth_neighbour_radii(g, k))
 
 
 def precision_recall(generated: np.ndarray, real: np.ndarray, k: int = KNN) -> dict:
@@ -168,6 +193,8 @@ class Scored:
 
     @classmethod
     def of(cls, scorer, idx_sets: np.ndarray) -> "Scored":
+        if hasattr(scorer, "many"):  # scores every resample at once (KID: one pass over its kernel)
+            return cls(float(scorer.many(None)[0]), scorer.many(idx_sets))
         return cls(scorer(), np.array([scorer(i) for i in idx_sets]))
 
     def summary(self, digits: int = 4) -> dict:

@@ -1,5 +1,6 @@
-"""The evaluation's samples and their figures: generation with the same seeds and conditions for
-every method, features in each space, and scores with bootstrap intervals (pipeline.evaluation.quality).
+"""The evaluation's samples: generated with the same seeds and conditions for every method, batch by
+batch, and turned at once into what scoring needs (pipeline.evaluation.sample_store), so that no
+image set is ever held whole and a stored set resumes where a killed stage stopped.
 
 Two feature spaces:
 - Inception-v3 (clean-fid, pinned weights): FID, KID, precision and recall, comparable with the
@@ -10,8 +11,12 @@ Two feature spaces:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,30 +25,32 @@ from pipeline.backends import EMBEDDED
 from pipeline.backends.family import Family
 from pipeline.backends.loading import load_base
 from pipeline.backends.schedulers import family_scheduler
-from pipeline.evaluation import fid, judge, quality
-from pipeline.guidance.adapters import AdapterSet
+from pipeline.data.provenance import jsonable
+from pipeline.evaluation import fid, judge
+from pipeline.evaluation.sample_store import Layout, MemorySet, SampleStore, batch_arrays
 from pipeline.guidance.sampling import Guidance, nfe, plan_for, sample
+from pipeline.run.distributed import World
+from pipeline.run.errors import AGDError
 from pipeline.run.progress import Tracker
 
+if TYPE_CHECKING:  # the teacher runs no adapters: their code is not its dependency
+    from pipeline.guidance.adapters import AdapterSet
 
-class Samples:
-    """One method's samples at one scale: images, features per space, seconds per image."""
-
-    def __init__(self, images: np.ndarray, features: dict[str, np.ndarray], seconds: float, nfe: int):
-        self.images, self.features, self.seconds, self.nfe = images, features, seconds, nfe
-        self.scored: dict[str, quality.Scored] = {}  # distance name -> value and bootstrap values
+INCEPTION_BATCH = 50  # images per Inception call (clean-fid's default)
+TEACHER_STORE = Path("data/teacher.zarr")  # stage teacher: the unguided base and CFG
+EVALUATION_STORE = Path("data/evaluation.zarr")  # stage evaluate: AGD
 
 
-def load_models(params) -> tuple[Family, AdapterSet, str]:
+def load_base_for(params, device: str | None = None) -> tuple[Family, str]:
     """The frozen base, set up for the evaluation sampler (refused when it cannot take
-    `evaluate.num_steps`), the trained adapters and the sampler's name: every sampling stage.
-    params: pipeline.config.Params (base, sample, trajectories, train and evaluate are read)."""
-    family = load_base(**params.base.model_dump())
+    `evaluate.num_steps`), and the sampler's name. params: pipeline.config.Params."""
+    base = params.base.model_dump()
+    family = load_base(**{**base, "device": device or base["device"]})
     if params.sample.compile:
         family.compile()
     sampler = params.evaluate.scheduler or params.trajectories.scheduler
     family_scheduler(family, sampler, params.evaluate.num_steps, key="params.yaml: evaluate.num_steps")
-    return family, AdapterSet.load(Path(params.train.output), family), sampler
+    return family, sampler
 
 
 def items(family: Family, p) -> list[dict]:
@@ -68,105 +75,174 @@ def held_out(family: Family, p, arrays: dict | None = None) -> tuple[dict, np.nd
     return family.condition_batch({k: v[rows] for k, v in arrays.items()}), 10**9 + p.seed + np.arange(n)
 
 
-class Evaluation:
-    def __init__(self, family: Family, adapters: AdapterSet, p, scheduler: str):
+@dataclass
+class Method:
+    """How one set of samples is made: the sampling mode at a scale, under a sampler."""
+
+    mode: str
+    w: float
+    scheduler: str
+    num_steps: int
+    guidance: Guidance = Guidance()
+    label: str = ""
+
+    @property
+    def name(self) -> str:
+        """The set's name in a sample store: 'cfg/w3', 'unguided/w1'."""
+        return f"{self.label or self.mode}/w{self.w:g}"
+
+
+class Samples:
+    """One method's samples at one scale, as scoring reads them: per-sample features (small) and the
+    set they were read from (pixels and the grid images, read in blocks when needed)."""
+
+    def __init__(self, source, nfe: int):
+        layout = source.layout
+        self.source, self.nfe, self.count = source, nfe, layout.count
+        self.features = {"inception": source.read("inception")}
+        self.pred = None
+        if layout.judge_dim:
+            self.features["judge"] = source.read("judge")
+            self.pred = source.read("pred")
+        self.seconds = float(source.read("seconds").sum()) / layout.count  # per image
+        self.scored: dict = {}  # distance name -> pipeline.evaluation.quality.Scored
+
+
+class Generator:
+    """Generates the evaluation's samples of any method, batch by batch, into a set."""
+
+    def __init__(self, family: Family, adapters: AdapterSet | None, p, scheduler: str):
         self.family, self.adapters, self.p, self.scheduler = family, adapters, p, scheduler
         self.seeds = p.seed + np.arange(p.num_samples)
         self.items = items(family, p)
-        self.cond_arrays = family.condition_arrays(self.items)
+        self.cond_arrays = family.condition_arrays(self.items)  # on the host; a batch's rows go to the device
         family.release_text_encoders()
         self.judge = None
         if family.spec.name == EMBEDDED:  # the only backend with a judge of its classes
             self.judge = judge.load(judge.WEIGHTS).to(family.device)
         self.extractor = fid.InceptionFeatures(fid.WEIGHTS).to(family.device)
         n = len(self.seeds)
-        self.n_inception = min(p.inception_samples or n, n)
-        self.refs = {"inception": fid.load_reference(fid.REFERENCE)}
+        self.layout = Layout(n, p.batch_size, min(p.inception_samples or n, n), family.image_shape,
+                             judge_dim=128 if self.judge is not None else 0)
+
+    def method(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
+               guidance: Guidance = Guidance(), label: str = "") -> Method:
+        """A method with the evaluation's sampler and step count unless told otherwise."""
+        return Method(mode, w, scheduler or self.scheduler, num_steps or self.p.num_steps, guidance, label)
+
+    def cost(self, m: Method) -> int:
+        return nfe(plan_for(self.family, m.scheduler, m.num_steps, m.mode, m.guidance))
+
+    def settings(self, m: Method, adapters_sha256: str | None = None) -> dict:
+        """What decides a set's content: kept with the set, compared when a stage resumes it."""
+        scheduler = family_scheduler(self.family, m.scheduler, m.num_steps)
+        conditions = hashlib.sha256(json.dumps(self.items, sort_keys=True).encode()).hexdigest()[:32]
+        out = {"base": self.family.content_identity(), "dtype": str(self.family.dtype).removeprefix("torch."),
+               "mode": m.mode, "w": m.w, "scheduler": m.scheduler, "scheduler_config": jsonable(scheduler.config),
+               "num_steps": m.num_steps, "seed": self.p.seed, "conditions_sha256": conditions,
+               "guidance": {"interval": list(m.guidance.interval) if m.guidance.interval else None,
+                            "reuse": m.guidance.reuse},
+               "nfe_per_image": self.cost(m)}
+        if adapters_sha256 is not None:
+            out["adapters_sha256"] = adapters_sha256
+        return out
+
+    def fill(self, target, m: Method, world: World = World()) -> int:
+        """Generate the batches of `target` not finished yet (this rank's share: every world.size-th
+        batch, so each sample is made in the batch one process makes it in); returns how many."""
+        done = target.done()
+        own = list(range(self.layout.batches))[world.rank::world.size]
+        todo = [b for b in own if not done[b]]
+        label = f"evaluate {m.label or m.mode} w={m.w:g}" + (f" (rank {world.rank})" if world.size > 1 else "")
+        finished = sum(len(self.layout.rows(b)) for b in own if done[b])
+        with Tracker(label, sum(len(self.layout.rows(b)) for b in own), start=finished) as tracker:
+            for b in todo:
+                target.write(b, self.batch(b, m))
+                tracker.advance(len(self.layout.rows(b)))
+        return len(todo)
+
+    def batch(self, b: int, m: Method) -> dict[str, np.ndarray]:
+        """Batch b of method m: sampled, decoded and reduced to what the set keeps."""
+        idx = list(self.layout.rows(b))
+        cond = self.family.condition_batch({k: v[idx] for k, v in self.cond_arrays.items()})
+        t0 = time.perf_counter()
+        x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), m.w), m.scheduler, m.num_steps,
+                   mode=m.mode, adapters=self.adapters, guidance=m.guidance)
+        seconds = time.perf_counter() - t0
+        images = self.family.decode(x).cpu().numpy()
+        del x
+        features = {}
+        inception_rows = [i for i in idx if i < self.layout.inception]
+        if inception_rows:
+            features["inception"] = fid.image_features(images[: len(inception_rows)], self.extractor,
+                                                       batch_size=INCEPTION_BATCH, device=self.family.device)
         if self.judge is not None:
-            self.refs["judge"] = fid.load_reference(judge.REFERENCE)
-        # One set of resamples per space, shared by every method: paired differences.
-        self.resamples = {space: quality.resamples(self.count(space), p.bootstrap, p.seed) for space in self.refs}
-
-    def count(self, space: str) -> int:
-        return self.n_inception if space == "inception" else len(self.seeds)
-
-    def rows(self, idx):
-        return {k: v[idx] for k, v in self.cond_arrays.items()}
-
-    def run(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
-            guidance: Guidance = Guidance(), label: str | None = None) -> Samples:
-        """All evaluation samples of one method at one scale, and their features; by default with
-        the evaluation's sampler and step count."""
-        scheduler, num_steps = scheduler or self.scheduler, num_steps or self.p.num_steps
-        images, seconds = [], 0.0
-        bs = self.p.batch_size
-        with Tracker(f"evaluate {label or mode} w={w:g}", len(self.seeds)) as tracker:
-            for s in range(0, len(self.seeds), bs):
-                idx = list(range(s, min(s + bs, len(self.seeds))))
-                cond = self.family.condition_batch(self.rows(idx))
-                t0 = time.perf_counter()
-                x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), w), scheduler,
-                           num_steps, mode=mode, adapters=self.adapters, guidance=guidance)
-                seconds += time.perf_counter() - t0
-                images.append(self.family.decode(x).cpu().numpy())
-                tracker.advance(len(idx))
-        images = np.concatenate(images)
-        features = {"inception": fid.image_features(images[: self.n_inception], self.extractor, batch_size=50,
-                                                    device=self.family.device)}
-        if self.judge is not None:
-            features["judge"] = judge.features(self.judge, self._digits(images)).cpu().numpy()
-        cost = nfe(plan_for(self.family, scheduler, num_steps, mode, guidance))
-        result = Samples(images, features, seconds / len(self.seeds), cost)
-        self.measure(result)
-        return result
+            digits = self._digits(images)
+            features["judge"] = judge.features(self.judge, digits).cpu().numpy()
+            features["pred"] = judge.predict(self.judge, digits).cpu().numpy().astype(np.int64)
+        return batch_arrays(self.layout, b, images, features, seconds)
 
     def _digits(self, images: np.ndarray) -> torch.Tensor:
         from pipeline.data import mnist
 
         return mnist.to_model_space(torch.from_numpy(images[..., 0])).to(self.family.device)
 
-    def accuracy(self, s: Samples) -> float:
-        pred = judge.predict(self.judge, self._digits(s.images)).cpu().numpy()
-        return round(float((pred == self.cond_arrays["labels"]).mean()), 4)
-
-    def measure(self, s: Samples) -> None:
-        """s's distances and their bootstrap values, once (score and compare both read them)."""
-        for space, ref in self.refs.items():
-            name = "fid" if space == "inception" else "judge_fd"
-            s.scored[name] = quality.Scored.of(quality.Frechet(s.features[space], ref), self.resamples[space])
-        s.scored["kid"] = quality.Scored.of(quality.KernelDistance(s.features["inception"], self.refs["inception"]),
-                                            self.resamples["inception"])
-        for space, ref in self.refs.items():
-            member = quality.manifold_membership(s.features[space], ref.features)
-            if member is None:
-                continue
-            n = len(member[0])  # fewer than the samples when the reference keeps fewer features
-            idx = self.resamples[space] if n == self.count(space) else quality.resamples(n, self.p.bootstrap, self.p.seed)
-            prefix = "" if space == "inception" else "judge_"
-            for name, indicators in zip(("precision", "recall"), member):
-                s.scored[prefix + name] = quality.Scored.of(quality.Share(indicators), idx)
-
-    def score(self, s: Samples) -> dict:
-        """Quality of one method's samples, each distance with its 95 % interval."""
-        result = {name: scored.summary(DIGITS.get(name, 4)) for name, scored in s.scored.items()}
-        if self.judge is not None:
-            result["accuracy"] = self.accuracy(s)
-        return result
-
-    def compare(self, a: Samples, b: Samples) -> dict:
-        """a minus b, paired by seed and condition; and how close a's images are to b's, seed by seed."""
-        out = {f"{name}_diff": a.scored[name].minus(b.scored[name], DIGITS.get(name, 4)) for name in a.scored}
-        out["same_seed_mse"] = same_seed_mse(a.images, b.images)
-        if "judge" in a.features:
-            distance = np.linalg.norm(a.features["judge"] - b.features["judge"], axis=1).mean()
-            out["same_seed_judge_distance"] = round(float(distance), 4)
-        return out
+    def run(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
+            guidance: Guidance = Guidance(), label: str | None = None) -> Samples:
+        """All samples of one method in memory (features and small pixels only): the experiment stages."""
+        m = self.method(mode, w, scheduler, num_steps, guidance, label or "")
+        target = MemorySet(self.layout)
+        self.fill(target, m)
+        return Samples(target, self.cost(m))
 
 
-DIGITS = {"kid": 6}  # KID is small (1e-3 .. 1e-1): more decimals
+def teacher_methods(gen: Generator, p) -> list[Method]:
+    """The teacher's sets: the unguided base, then CFG at every evaluated scale (p: the evaluate section)."""
+    return [gen.method("cond", 1.0, label="unguided")] + [gen.method("cfg", w) for w in p.guidance_scales]
 
 
-def same_seed_mse(a: np.ndarray, b: np.ndarray) -> float:
-    """Mean squared pixel difference of two sample sets drawn with the same seeds, pixels in [0, 1]."""
-    diff = (a.astype(np.float64) - b.astype(np.float64)) / 255.0
-    return round(float((diff ** 2).mean()), 6)
+def fill_store(path: Path, gen: Generator, methods: list[Method], stage: str, adapters_sha256: str | None = None,
+               world: World = World()) -> SampleStore:
+    """Every method's set in the sample store at `path`, made or finished: rank 0 (or the only process)
+    keeps the finished batches of sets made with these settings, remakes sets made with others and
+    removes the sets no method asks for; then every rank generates its share of the unfinished batches."""
+    from pipeline.data.store import StoreLock
+    from pipeline.run import distributed
+    from pipeline.run.progress import log
+
+    with StoreLock(path, world.rank):
+        if world.main:
+            store = SampleStore(path)
+            orphans = store.remove_partial_writes()
+            if orphans:
+                log(f"{stage}: removed {orphans} temporary files of interrupted chunk writes in {path}")
+            for gone in store.keep_only([m.name for m in methods]):
+                log(f"{stage}: removed the set {gone} of {path}: the params no longer ask for it")
+            for m in methods:
+                target, what = store.prepare(m.name, gen.layout, gen.settings(m, adapters_sha256))
+                finished = int(target.done().sum())
+                log(f"{stage}: {path}/{m.name}: {what}; {finished}/{gen.layout.batches} batches finished")
+        distributed.barrier()  # the other ranks open the sets rank 0 has made ready
+        store = SampleStore(path)
+        for m in methods:
+            gen.fill(store.open(m.name, gen.layout), m, world)
+        distributed.barrier()
+    return store
+
+
+def read_set(store: SampleStore, gen: Generator, m: Method, maker: str, adapters_sha256: str | None = None) -> Samples:
+    """A finished set made with the settings in use, as scoring reads it; refused otherwise, naming
+    the stage (`maker`) that makes it."""
+    if m.name not in store.names():
+        raise AGDError(f"{store.path}/{m.name}", "no such sample set", f"run `agd {maker}` (dvc repro) first")
+    target = store.open(m.name, gen.layout)
+    expected = json.loads(json.dumps({**gen.settings(m, adapters_sha256), "layout": gen.layout.describe()}))
+    changed = sorted(k for k in set(expected) | set(target.attrs) if expected.get(k) != target.attrs.get(k))
+    if changed:
+        raise AGDError(f"{store.path}/{m.name}", f"made with other {', '.join(changed)} than params.yaml asks for",
+                       f"run `agd {maker}` (dvc repro) first")
+    done = target.done()
+    if not done.all():
+        raise AGDError(f"{store.path}/{m.name}", f"{int((~done).sum())} of {len(done)} batches unfinished",
+                       f"run `agd {maker}` again: it resumes")
+    return Samples(target, target.attrs["nfe_per_image"])

@@ -17,7 +17,7 @@ def scale_key(w: float) -> str:
 
 
 def quality_cells(scores: dict) -> dict:
-    """One method's scores (Evaluation.score) as flat cells: each distance with its 95 % interval."""
+    """One method's scores (Scorer.score) as flat cells: each distance with its 95 % interval."""
     out = {"accuracy": scores.get("accuracy", "")}
     for name in ("fid", "judge_fd"):
         if name in scores:
@@ -27,7 +27,7 @@ def quality_cells(scores: dict) -> dict:
 
 
 def versus(diffs: dict) -> dict:
-    """The differences an experiment summary keeps from Evaluation.compare (FID and judge FD, paired)."""
+    """The differences an experiment summary keeps from Scorer.compare (FID and judge FD, paired)."""
     return {k: diffs[k] for k in ("fid_diff", "judge_fd_diff") if k in diffs}
 
 

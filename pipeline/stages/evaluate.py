@@ -1,5 +1,9 @@
 """Stage `evaluate`: AGD (1 NFE per step) against CFG (2 NFE per step) on the same conditions and noise.
 
+AGD's samples go into the sample store data/evaluation.zarr, batch by batch (a killed run resumes;
+under `launch.nproc` the batches are shared out over the processes); CFG's and the unguided base's
+come from the `teacher` stage's store, which does not depend on the adapters.
+
 Per guidance scale, written so that `dvc metrics diff` reads the answer first:
 - reports/metrics.json: AGD against CFG. Paired differences of FID, KID and (embedded default)
   the classifier-feature distance, each with a 95 % interval and `significant`; class-accuracy
@@ -20,9 +24,13 @@ import numpy as np
 
 from pipeline.config import Params
 from pipeline.evaluation import distill
-from pipeline.evaluation.samples import Evaluation, held_out, load_models, same_seed_mse
+from pipeline.evaluation.models import load_models
+from pipeline.evaluation.sample_store import SampleStore
+from pipeline.evaluation.samples import EVALUATION_STORE, TEACHER_STORE, Generator, fill_store, held_out, read_set
+from pipeline.evaluation.samples import teacher_methods as teacher_sets
+from pipeline.evaluation.scoring import Scorer, same_seed_mse
 from pipeline.evaluation.tables import scale_key
-from pipeline.run import devices, files, preflight
+from pipeline.run import devices, distributed, files, preflight
 from pipeline.run.progress import log
 
 METRICS = Path("reports/metrics.json")
@@ -62,26 +70,44 @@ def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
 def run(params: Params) -> None:
     from PIL import Image
 
+    from pipeline.guidance.adapters import saved
+
     traj, cond_p, p = params.trajectories, params.conditions, params.evaluate
+    world = distributed.world()
     outputs = [METRICS, QUALITY, TIMING, DISTILLATION, GRID]
-    preflight.writable_all([(f"evaluate output {o.name}", o, "file") for o in outputs])
-    family, adapters, sampler = load_models(params)
+    if world.main:
+        preflight.writable_all([(f"evaluate output {o.name}", o, "file") for o in outputs])
+    teacher = SampleStore(TEACHER_STORE, create=False, maker="teacher")  # before hours of AGD sampling
+    family, adapters, sampler = load_models(params, distributed.local_device(params.base.device))
+    distributed.init(family.device)
     log(f"evaluate: {family.spec.name} base on {devices.describe(family.device, family.dtype)}; samples with "
-        f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps")
-    ev = Evaluation(family, adapters, p, sampler)
-    held_cond, held_seeds = held_out(family, p, ev.cond_arrays)
-    unguided = ev.run("cond", 1.0)
-    quality = {"unguided": ev.score(unguided)}
+        f"{sampler}, {p.num_steps} steps; distillation on {traj.scheduler} trajectories of {traj.num_steps} steps"
+        + (f"; rank {world.rank} of {world.size}" if world.size > 1 else ""))
+    gen = Generator(family, adapters, p, sampler)
+    adapters_sha256 = saved.read_meta(Path(params.train.output))["weights_sha256"]
+    if world.main:  # the teacher's sets are checked before AGD's sampling starts
+        for m in teacher_sets(gen, p):
+            read_set(teacher, gen, m, "teacher")
+    agd_methods = {w: gen.method("agd", w) for w in p.guidance_scales}
+    store = fill_store(EVALUATION_STORE, gen, list(agd_methods.values()), "evaluate", adapters_sha256, world)
+    distributed.finish()
+    if not world.main:
+        return
+    scorer = Scorer(gen.layout, p, gen.cond_arrays.get("labels"))
+    held_cond, held_seeds = held_out(family, p, gen.cond_arrays)
+    unguided = read_set(teacher, gen, teacher_sets(gen, p)[0], "teacher")
+    quality = {"unguided": scorer.score(unguided)}
     timing = {"unguided": {"seconds_per_image": round(unguided.seconds, 5), "nfe_per_image": unguided.nfe}}
     metrics, tables = {}, {}
-    for w in p.guidance_scales:
+    for w, agd_method in agd_methods.items():
         key = scale_key(w)
-        cfg, agd = ev.run("cfg", w), ev.run("agd", w)
+        cfg = read_set(teacher, gen, gen.method("cfg", w), "teacher")
+        agd = read_set(store, gen, agd_method, "evaluate", adapters_sha256)
         summary, tables[w] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
                                                 traj.num_steps)
-        quality[key] = {"cfg": ev.score(cfg), "agd": ev.score(agd)}
-        versus = ev.compare(agd, cfg)
-        versus["same_seed_mse_unguided"] = same_seed_mse(unguided.images, cfg.images)  # how far CFG moved
+        quality[key] = {"cfg": scorer.score(cfg), "agd": scorer.score(agd)}
+        versus = scorer.compare(agd, cfg)
+        versus["same_seed_mse_unguided"] = same_seed_mse(unguided, cfg)  # how far CFG moved
         versus["fid_ratio"] = round(quality[key]["agd"]["fid"]["value"] / quality[key]["cfg"]["fid"]["value"], 4)
         if "accuracy" in quality[key]["cfg"]:
             versus["accuracy_gap"] = round(quality[key]["agd"]["accuracy"] - quality[key]["cfg"]["accuracy"], 4)
@@ -92,7 +118,7 @@ def run(params: Params) -> None:
                        "time_ratio": round(agd.seconds / cfg.seconds, 4)}
         log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:
-            image = grid(cfg.images, agd.images)
+            image = grid(cfg.source.read("grid"), agd.source.read("grid"))
             with files.atomic(GRID) as tmp:
                 Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp)
     for path, doc in ((METRICS, metrics), (QUALITY, quality), (TIMING, timing)):

@@ -54,12 +54,15 @@ def run(params: Params) -> None:
         return
     # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
     runtime.setup()
-    from pipeline.evaluation.samples import Evaluation, load_models
+    from pipeline.evaluation.models import load_models
+    from pipeline.evaluation.samples import Generator
+    from pipeline.evaluation.scoring import Scorer
     from pipeline.guidance.sampling import Guidance
 
     family, adapters, sampler = load_models(params)
     settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples)
-    ev = Evaluation(family, adapters, settings, sampler)
+    gen = Generator(family, adapters, settings, sampler)
+    scorer = Scorer(gen.layout, settings, gen.cond_arrays.get("labels"))
     guidance = Guidance(interval=(p.interval[0], p.interval[1]), reuse=p.reuse)
     w = p.guidance_scale
     log(f"nfe: {sampler} at {p.steps} steps, w={w:g}: CFG, AGD, CFG at half the steps, guidance interval "
@@ -68,16 +71,16 @@ def run(params: Params) -> None:
 
     def samples(mode: str, steps: int):
         if (mode, steps) not in done:
-            done[mode, steps] = ev.run(mode, w, num_steps=steps, guidance=guidance, label=f"{mode} {steps} steps")
+            done[mode, steps] = gen.run(mode, w, num_steps=steps, guidance=guidance, label=f"{mode} {steps} steps")
         return done[mode, steps]
 
     rows, summary = [], {}
     for n in p.steps:
         got = {method: samples(*how) for method, how in runs(n).items()}
-        rows += [row(method, how[1], got[method], ev.score(got[method])) for method, how in runs(n).items()]
+        rows += [row(method, how[1], got[method], scorer.score(got[method])) for method, how in runs(n).items()]
         versus = {"agd_nfe": got["agd"].nfe}
         for method in BASELINES:
-            versus[f"vs_{method}"] = {"nfe": got[method].nfe, **tables.versus(ev.compare(got["agd"], got[method]))}
+            versus[f"vs_{method}"] = {"nfe": got[method].nfe, **tables.versus(scorer.compare(got["agd"], got[method]))}
         summary[f"steps{n}"] = versus
         log(f"nfe: {n} steps {versus}")
     tables.write(TABLE, COLUMNS, rows, SUMMARY, summary)

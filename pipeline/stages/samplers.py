@@ -46,7 +46,9 @@ def run(params: Params) -> None:
     runtime.setup()
     from pipeline.backends.schedulers import family_scheduler
     from pipeline.evaluation import distill
-    from pipeline.evaluation.samples import Evaluation, held_out, load_models
+    from pipeline.evaluation.models import load_models
+    from pipeline.evaluation.samples import Generator, held_out
+    from pipeline.evaluation.scoring import Scorer
 
     family, adapters, sampler = load_models(params)
     settings = p.parsed()
@@ -55,19 +57,20 @@ def run(params: Params) -> None:
         family_scheduler(family, name, steps, key=key, name_key=key)
     ev_settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples)
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out conditions and seeds
-    ev = Evaluation(family, adapters, ev_settings, sampler)
+    gen = Generator(family, adapters, ev_settings, sampler)
+    scorer = Scorer(gen.layout, ev_settings, gen.cond_arrays.get("labels"))
     w = p.guidance_scale
     log(f"samplers: adapters trained on {traj.scheduler} {traj.num_steps} steps; CFG and AGD at w={w:g} under "
         f"{', '.join(p.settings)}; {p.num_samples} samples each")
     rows, summary = [], {}
     for name, steps in settings:
         key, trained_on = setting_key(name, steps), (name, steps) == (traj.scheduler, traj.num_steps)
-        got = {m: ev.run(m, w, scheduler=name, num_steps=steps, label=f"{m} {key}") for m in ("cfg", "agd")}
-        scores = {m: ev.score(s) for m, s in got.items()}
+        got = {m: gen.run(m, w, scheduler=name, num_steps=steps, label=f"{m} {key}") for m in ("cfg", "agd")}
+        scores = {m: scorer.score(s) for m, s in got.items()}
         rows += [{"setting": key, "scheduler": name, "steps": steps, "method": m, "trained_on": trained_on,
                   **tables.quality_cells(scores[m])} for m in got]
         total, _ = distill.held_out(family, adapters, held_cond, held_seeds, w, name, steps)
-        summary[key] = {**tables.versus(ev.compare(got["agd"], got["cfg"])),
+        summary[key] = {**tables.versus(scorer.compare(got["agd"], got["cfg"])),
                         **{k: v for k, v in total.items() if k != "correction_defined"}, "trained_on": trained_on}
         if "accuracy" in scores["cfg"]:
             summary[key]["accuracy_gap"] = round(scores["agd"]["accuracy"] - scores["cfg"]["accuracy"], 4)

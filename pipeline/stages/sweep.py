@@ -40,21 +40,24 @@ def run(params: Params) -> None:
     # heavy imports (torch, diffusers) only once the stage is on: off, it returns in a blink
     runtime.setup()
     from pipeline.evaluation import distill
-    from pipeline.evaluation.samples import Evaluation, held_out, load_models
+    from pipeline.evaluation.models import load_models
+    from pipeline.evaluation.samples import Generator, held_out
+    from pipeline.evaluation.scoring import Scorer
 
     family, adapters, sampler = load_models(params)
     settings = ev_p.replace(num_samples=p.num_samples, inception_samples=p.inception_samples,
                             guidance_scales=p.guidance_scales, default_scale=p.guidance_scales[0])
     held_cond, held_seeds = held_out(family, ev_p)  # the evaluate stage's held-out trajectories
-    ev = Evaluation(family, adapters, settings, sampler)  # (frees text encoders: after held_out)
+    gen = Generator(family, adapters, settings, sampler)  # (frees text encoders: after held_out)
+    scorer = Scorer(gen.layout, settings, gen.cond_arrays.get("labels"))
     log(f"sweep: {len(p.guidance_scales)} scales x (CFG, AGD) + unguided, {p.num_samples} samples each")
-    rows = [row("unguided", 1.0, True, ev.score(ev.run("cond", 1.0)))]
+    rows = [row("unguided", 1.0, True, scorer.score(gen.run("cond", 1.0)))]
     summary = {}
     for w in p.guidance_scales:
         in_range = bool(cond_p.w_min <= w <= cond_p.w_max)
-        cfg, agd = ev.run("cfg", w), ev.run("agd", w)
-        rows += [row("cfg", w, in_range, ev.score(cfg)), row("agd", w, in_range, ev.score(agd))]
-        versus = tables.versus(ev.compare(agd, cfg))
+        cfg, agd = gen.run("cfg", w), gen.run("agd", w)
+        rows += [row("cfg", w, in_range, scorer.score(cfg)), row("agd", w, in_range, scorer.score(agd))]
+        versus = tables.versus(scorer.compare(agd, cfg))
         if rows[-1]["accuracy"] != "":  # a judge exists
             versus["accuracy_gap"] = round(rows[-1]["accuracy"] - rows[-2]["accuracy"], 4)
         total, _ = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler, traj.num_steps)
