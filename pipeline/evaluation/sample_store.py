@@ -8,7 +8,8 @@ samples is turned into what scoring reads, and only that is kept, per sample:
     pred       (n,)                int64    the judge's class (accuracy)
     pixels     (n, h, w, c)        uint8    the image at most COMPARE_SIDE px a side, area-averaged
                                             (same-seed distances between methods; MNIST is kept whole)
-    grid       (g, H, W, C)        uint8    the first GRID_COUNT images at full size (reports/samples.png)
+    grid       (g, h, w, c)        uint8    the first GRID_COUNT images at most GRID_SIDE px a side
+                                            (reports/samples.png)
     seconds    (batches,)          float64  sampling seconds of each batch
     done       (batches,)          bool     completion mask, written after the batch's chunks
 
@@ -40,6 +41,7 @@ from pipeline.run.errors import AGDError
 FORMAT_VERSION = 1
 COMPARE_SIDE = 64  # same-seed pixel distances at this size: 12 KB a sample instead of 3 MB (SDXL)
 GRID_COUNT = 40  # images the sample grid shows per method
+GRID_SIDE = 256  # px a side of the grid's images at most (40 SDXL images whole would be a 240 MB PNG)
 INCEPTION_DIM = 2048
 
 
@@ -47,9 +49,9 @@ def _compressors():
     return [BloscCodec(cname="zstd", clevel=3, shuffle=BloscShuffle.shuffle), Crc32cCodec()]
 
 
-def compare_shape(height: int, width: int) -> tuple[int, int]:
-    """The pixels kept for same-seed distances: whole up to COMPARE_SIDE, else shrunk by a whole factor."""
-    factor = max(1, -(-max(height, width) // COMPARE_SIDE))
+def compare_shape(height: int, width: int, side: int = COMPARE_SIDE) -> tuple[int, int]:
+    """Images kept at most `side` px a side: whole when they fit, else shrunk by a whole factor."""
+    factor = max(1, -(-max(height, width) // side))
     return height // factor, width // factor
 
 
@@ -72,10 +74,11 @@ class Layout:
         """name -> (shape, chunks, dtype); per-sample chunks are one batch."""
         h, w, c = self.image_shape
         ph, pw = compare_shape(h, w)
+        gh, gw = compare_shape(h, w, GRID_SIDE)
         bs = self.batch_size
         out = {"inception": ((self.inception, INCEPTION_DIM), (bs, INCEPTION_DIM), "float32"),
                "pixels": ((self.count, ph, pw, c), (bs, ph, pw, c), "uint8"),
-               "grid": ((self.grid, h, w, c), (1, h, w, c), "uint8"),
+               "grid": ((self.grid, gh, gw, c), (1, gh, gw, c), "uint8"),
                "seconds": ((self.batches,), (1,), "float64"),
                "done": ((self.batches,), (1,), "bool")}
         if self.judge_dim:
@@ -92,13 +95,12 @@ def batch_arrays(layout: Layout, b: int, images: np.ndarray, features: dict[str,
                  seconds: float) -> dict[str, np.ndarray]:
     """What batch b keeps of its uint8 images (N, H, W, C) and their features (inception rows of this
     batch below the layout's Inception count; judge features and predictions when there is a judge)."""
-    rows = layout.rows(b)
-    ph, pw = layout.arrays()["pixels"][0][1:3]
-    out = {"pixels": shrink(images, ph, pw), "seconds": np.array([seconds])}
+    rows, shapes = layout.rows(b), layout.arrays()
+    out = {"pixels": shrink(images, *shapes["pixels"][0][1:3]), "seconds": np.array([seconds])}
     out.update(features)
     grid_rows = [r for r in rows if r < layout.grid]
     if grid_rows:
-        out["grid"] = images[: len(grid_rows)]
+        out["grid"] = shrink(images[: len(grid_rows)], *shapes["grid"][0][1:3])
     return out
 
 
