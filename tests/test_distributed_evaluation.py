@@ -1,0 +1,40 @@
+"""The evaluation on several processes (launch.nproc, torchrun, gloo on the CPU): the teacher's and
+AGD's batches are shared out over the ranks, and the stores and figures equal one process's."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+
+from pipeline.evaluation.sample_store import SampleStore
+from tests.conftest import agd, copy_project, set_params
+
+SETTINGS = {"evaluate.batch_size": 5}  # 20 samples: 4 batches per set, 2 per rank
+
+
+def _arrays(project, store_name: str) -> dict[str, np.ndarray]:
+    store = SampleStore(project / "data" / store_name, create=False)
+    return {f"{name}/{array}": store.root[name][array][...] for name in store.names()
+            for array in store.root[name].array_keys() if array != "seconds"}
+
+
+def test_two_processes_evaluate_as_one(tmp_path, tiny_project):
+    one = copy_project(tiny_project, tmp_path / "one")
+    two = copy_project(tiny_project, tmp_path / "two")
+    for project, nproc in ((one, 1), (two, 2)):
+        set_params(project, **SETTINGS, **{"launch.nproc": nproc})
+        for store in ("teacher.zarr", "evaluation.zarr"):
+            shutil.rmtree(project / "data" / store)
+        for stage in ("teacher", "evaluate"):
+            ran = agd(project, stage, subprocess=True)  # torchrun starts the ranks
+            if nproc == 2:
+                assert "starting 2 processes" in ran.stderr and "rank 1 of 2" in ran.stderr, ran.stderr
+    for store in ("teacher.zarr", "evaluation.zarr"):
+        a, b = _arrays(one, store), _arrays(two, store)
+        assert a.keys() == b.keys()
+        for key in a:
+            assert np.allclose(a[key], b[key], rtol=1e-5, atol=1e-5), f"{store}/{key} differs"
+    for report in ("metrics.json", "quality.json"):
+        assert json.loads((one / "reports" / report).read_text()) == json.loads((two / "reports" / report).read_text())
