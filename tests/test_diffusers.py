@@ -212,6 +212,20 @@ def test_half_precision_pipeline_is_recognised_as_the_base(bases, tmp_path):
     enable_agd(_pipe("sd21", root), old)  # full precision still checks against the recorded fingerprint
 
 
+def test_adapters_trained_on_a_bfloat16_base_know_its_float16_weights(bases, tmp_path):
+    """The backend files train on a bfloat16 base; most SD/SDXL users load float16 pipelines. The
+    adapter file records the fingerprints of every half dtype, taken before the base was converted."""
+    root = bases["sd21"]
+    family = load_base(backend="sd21", path=str(root / "base"), dtype="bfloat16")
+    AdapterSet(family, "cross_attention", 16, 2, 0).attach(family).save(tmp_path / "adapters")
+    recorded = json.loads((tmp_path / "adapters/adapters.json").read_text())["base"]["fingerprints"]
+    assert set(recorded) == {"float16", "bfloat16"}
+    for dtype in (torch.float16, torch.bfloat16):
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(root / "base"), torch_dtype=dtype)
+        enable_agd(pipe, tmp_path / "adapters")
+        assert is_enabled(pipe)
+
+
 def _lora(root: Path) -> Path:
     """A tiny LoRA on the SD2-like UNet's attention, saved the way diffusers' training scripts do."""
     from peft import LoraConfig

@@ -47,10 +47,7 @@ class DiTFamily(Family):
         except (OSError, ValueError, EnvironmentError) as err:
             raise load_error(path, err) from None
         family = cls(spec, path, transformer, scheduler_config, vae)  # fingerprint in full precision
-        if dtype != torch.float32:  # a frozen half-precision base: the memory-saving default on GPUs
-            transformer.to(dtype)
-            if vae is not None:
-                vae.to(dtype)
+        family.convert(dtype, vae)
         return family.freeze()
 
     pipeline_classes = ("DiTPipeline",)

@@ -48,6 +48,9 @@ def dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
+HALF_DTYPES = (("float16", torch.float16), ("bfloat16", torch.bfloat16))
+
+
 def state_fingerprint(module: nn.Module, dtype: torch.dtype | None = None) -> str:
     """Identity of a model's weights: sha256 over names, shapes and bytes of its state dict.
     dtype: of the weights cast to it (floating tensors), as a pipeline loaded in that dtype holds them."""
@@ -91,6 +94,7 @@ class Weights:
     denoiser: nn.Module  # the network adapters are injected into
     fingerprint: str  # take_fingerprint
     fingerprint_dtype: str  # the dtype of the weights `fingerprint` hashes
+    _half_fingerprints: dict[str, str] | None = None  # convert: of the full-precision weights
     compiled = False
     compile_mode: str | None = None  # torch.compile's mode for every graph of this model (AGD's pass too)
 
@@ -137,10 +141,24 @@ class Weights:
         diffusers pipeline loaded with torch_dtype=float16 / bfloat16 is recognised as the base."""
         if self.fingerprint_dtype != "float32":
             return {self.fingerprint_dtype: self.fingerprint}
-        if self.dtype != torch.float32:  # converted after loading: the full-precision weights are gone
+        if self._half_fingerprints is not None:  # taken before `convert` dropped the full precision
+            return dict(self._half_fingerprints)
+        if self.dtype != torch.float32:  # converted by someone else: the full-precision weights are gone
             return {dtype_name(self.dtype): state_fingerprint(self.denoiser)}
-        return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in
-                (("float16", torch.float16), ("bfloat16", torch.bfloat16))}
+        return {name: state_fingerprint(self.denoiser, dtype) for name, dtype in HALF_DTYPES}
+
+    def convert(self, dtype: torch.dtype, *modules) -> None:
+        """The loaded base (and `modules`, e.g. its VAE) in a half dtype, the frozen-base default on GPUs.
+        The half fingerprints of every half dtype are taken first, from the full-precision weights: an
+        adapter file trained on a bfloat16 base then also names its float16 weights, which the float16
+        diffusers pipelines most SD/SDXL users load hold."""
+        if dtype == torch.float32:
+            return
+        if self.fingerprint_dtype == "float32":
+            self._half_fingerprints = self.precision_fingerprints()
+        for module in (self.denoiser, *modules):
+            if module is not None:
+                module.to(dtype)
 
     def freeze(self):
         for module in self.modules():

@@ -40,10 +40,8 @@ class SDFamily(Family):
             scheduler_config = dict(DDIMScheduler.load_config(path, subfolder="scheduler"))
         except (OSError, ValueError, EnvironmentError) as err:
             raise load_error(path, err) from None
-        family = cls(spec, path, unet, scheduler_config, vae, dtype)
-        if dtype != torch.float32:
-            unet.to(dtype)
-            vae.to(dtype)
+        family = cls(spec, path, unet, scheduler_config, vae, dtype)  # fingerprint in full precision
+        family.convert(dtype, vae)
         return family.freeze()
 
     def modules(self):
