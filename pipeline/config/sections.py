@@ -72,6 +72,7 @@ class FidRefParams(Section):
     image_folder: str = key("", "real backends: a folder of real images (ImageNet train, COCO-2017 val)")
     features_kept: int = key(10000, "features stored for KID and precision/recall (a random subset of more); 0: "
                              "all", ge=0, fix="use 0 (all) or a count")
+    num_workers: int = key(0, "processes reading and resizing a folder's images (0: this process)", ge=0)
 
 
 class PretrainParams(Section):

@@ -71,14 +71,56 @@ def _features(rgb: np.ndarray, extractor, batch_size: int, device) -> np.ndarray
                                        batch_size=batch_size, device=torch.device(device), verbose=False)
 
 
-def folder_features(folder: Path, extractor, batch_size: int = 50, device="cpu", limit: int | None = None) -> np.ndarray:
-    """Features of the image files in a folder (real backends' references; all of them unless `limit`
-    is given: then the first `limit` in name order), by clean-fid's reader."""
+def folder_files(folder: Path, limit: int | None = None) -> list[str]:
+    """The image files of a folder (and its subfolders) in name order; the first `limit` of them when given."""
     if not Path(folder).is_dir() or not any(Path(folder).iterdir()):
         raise AGDError(f"fid_ref.image_folder {folder}", "missing or empty",
                        "point it at a folder of real images (ImageNet train for DiT, COCO-2017 val for text models)")
-    return cleanfid.get_folder_features(str(folder), model=extractor, num_workers=0, batch_size=batch_size, num=limit,
-                                        device=torch.device(device), mode="clean", verbose=False)
+    extensions = {f".{e}" for e in cleanfid.EXTENSIONS}
+    found = sorted(str(p) for p in Path(folder).rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    if not found:
+        raise AGDError(f"fid_ref.image_folder {folder}", "holds no image files",
+                       f"put images ({', '.join(sorted(cleanfid.EXTENSIONS))}) in it")
+    return found[:limit] if limit else found
+
+
+def files_features(paths: list[str], extractor, batch_size: int = 50, device="cpu", workers: int = 0) -> np.ndarray:
+    """Features of image files through clean-fid's reader, `workers` processes reading and resizing."""
+    return cleanfid.get_files_features(paths, model=extractor, num_workers=workers, batch_size=batch_size,
+                                       device=torch.device(device), mode="clean", verbose=False)
+
+
+class Moments:
+    """Mean and covariance of features met in chunks, as float64 sums: (count, mean, centred sum of
+    outer products) per chunk, merged by Chan et al.'s rule, so memory is one d x d matrix whatever
+    the count (1.28 M ImageNet features held at once would be 10 GB in float32, 21 GB as float64)."""
+
+    def __init__(self, dim: int):
+        self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros((dim, dim))
+
+    def add(self, features: np.ndarray) -> None:
+        x = features.astype(np.float64)
+        if len(x):
+            mean = x.mean(0)
+            centred = x - mean
+            self.merge(len(x), mean, centred.T @ centred)
+
+    def merge(self, n: int, mean: np.ndarray, m2: np.ndarray) -> None:
+        total = self.n + n
+        delta = mean - self.mean
+        self.m2 = self.m2 + m2 + np.outer(delta, delta) * (self.n * n / total)
+        self.mean = self.mean + delta * (n / total)
+        self.n = total
+
+    def covariance(self) -> np.ndarray:
+        return self.m2 / (self.n - 1)
+
+
+def kept_rows(count: int, keep: int, seed: int = 0) -> np.ndarray:
+    """Which of `count` features the reference keeps for KID and precision/recall: all, or a random `keep`."""
+    if not keep or count <= keep:
+        return np.arange(count)
+    return np.sort(np.random.default_rng(seed).choice(count, keep, replace=False))
 
 
 def statistics(features: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,12 +134,14 @@ def frechet(stats_a: dict, stats_b: dict) -> float:
 def save_reference(path: Path, features: np.ndarray, keep: int = 0, seed: int = 0) -> None:
     """Mean and covariance of all features, and the features themselves for KID and precision/recall
     (a random `keep` of them when there are more: a whole ImageNet's would be 10 GB). Atomic."""
-    stats = statistics(features)
-    kept = features
-    if keep and len(features) > keep:
-        kept = features[np.sort(np.random.default_rng(seed).choice(len(features), keep, replace=False))]
+    moments = Moments(features.shape[1])
+    moments.add(features)
+    write_reference(path, moments, features[kept_rows(len(features), keep, seed)])
+
+
+def write_reference(path: Path, moments: Moments, kept: np.ndarray) -> None:
     with files.atomic(path) as tmp:
-        np.savez(tmp, mu=stats["mu"], sigma=stats["sigma"], features=kept.astype(np.float32), count=len(features))
+        np.savez(tmp, mu=moments.mean, sigma=moments.covariance(), features=kept.astype(np.float32), count=moments.n)
 
 
 def load_reference(path: Path):
