@@ -20,11 +20,12 @@ from PIL import Image
 from pipeline import config
 from pipeline.config import compose, dag
 from tests import tiny_models
-from tests.conftest import ROOT, agd, dvc
+from tests.conftest import ROOT, agd, chunk_files, dvc
 
 MNIST_ONLY = {"prepare@mnist", "classifier@mnist"}
 EXPERIMENTS = {"sweep", "nfe", "samplers", "transfer"}  # stages that do nothing until their params turn them on
-EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "evaluate", "report"} | EXPERIMENTS
+EVERY_BACKEND = {"check", "assets", "fid_ref", "conditions", "trajectories", "train", "teacher", "evaluate",
+                 "report"} | EXPERIMENTS
 
 
 def stages(project: Path) -> set[str]:
@@ -100,7 +101,8 @@ def test_switch_to_dit_runs_its_stages_and_no_mnist_work(dvc_project):
     _switch(dvc_project, "dit-xl-2", "models/dit", fid_ref={"image_folder": "imagenet"})
     assert "prepare@mnist" not in stages(dvc_project)
     # The Inception weights are shared and already there; MNIST and its classifier are gone.
-    assert would_run(dvc_project) == {"check", "fid_ref", "conditions", "trajectories", "train", "evaluate"} | EXPERIMENTS
+    assert would_run(dvc_project) == {"check", "fid_ref", "conditions", "trajectories", "train", "teacher",
+                                      "evaluate"} | EXPERIMENTS
     (dvc_project / "params.yaml").write_text(before)
     assert would_run(dvc_project) == set()  # switching back finds the default's results where they were
 
@@ -174,3 +176,19 @@ def test_a_failed_dvc_exp_run_says_how_to_get_params_yaml_back(switchable, overr
     assert (switchable / "params.yaml").read_text() != committed  # what DVC leaves behind
     subprocess.run(["git", "checkout", "params.yaml"], cwd=switchable, check=True)
     assert (switchable / "params.yaml").read_text() == committed
+
+
+def test_a_train_only_experiment_re_samples_agd_alone(dvc_project):
+    """`dvc exp run -S train.lr=...`: the adapters are trained again and AGD re-sampled; the teacher's
+    samples (CFG and the unguided base: two thirds of the evaluation's passes or more) stay cached."""
+    doc = yaml.safe_load((dvc_project / "params.yaml").read_text())
+    doc["train"]["lr"] = doc["train"]["lr"] / 2
+    (dvc_project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    assert would_run(dvc_project) == {"check", "train", "transfer"}  # the rest waits on train's outputs
+    teacher = chunk_files(dvc_project / "data" / "teacher.zarr")
+    repro = dvc(dvc_project, "repro")
+    assert repro.returncode == 0, repro.stdout + repro.stderr
+    ran = set(re.findall(r"Running stage '([^']+)'", repro.stdout))
+    assert {"train", "evaluate", "report"} <= ran, ran
+    assert not ran & {"teacher", "trajectories", "conditions", "fid_ref", "classifier@mnist", "prepare@mnist"}, ran
+    assert chunk_files(dvc_project / "data" / "teacher.zarr") == teacher
