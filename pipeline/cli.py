@@ -1,5 +1,5 @@
 """The `agd` command: one sub-command per pipeline stage (pipeline/stages/, one module each), plus
-the tools pretrain, verify, stores, sample, preset and keys.
+the tools pretrain, verify, stores, sample, preset, keys and plan.
 
 Each command loads params.yaml once (pipeline.config), hands the stage its typed sections and turns
 a user error into one `error:` line and exit status 2. Heavy imports happen inside the commands, so
@@ -116,10 +116,11 @@ def classifier() -> None:
 
 @app.command("fid-ref")
 def fid_ref() -> None:
-    """Compute FID reference statistics once (params.yaml: fid_ref)."""
+    """Compute FID reference statistics once, in bounded memory (params.yaml: fid_ref); with launch.nproc > 1
+    the images are shared out over processes."""
     from pipeline.stages import fid_ref as stage
 
-    _stage(stage.run)
+    _stage(stage.run, launched="fid-ref")
 
 
 @app.command()
@@ -289,6 +290,30 @@ def keys(
     from pipeline.stages import keys as stage
 
     _guard(stage.run, section, markdown, light=True)
+
+
+@app.command()
+def plan(
+    backend: str = typer.Option(None, "--backend", help="plan a backend's params composed from conf/ (as `agd preset "
+                                "NAME` would write them; nothing is written): dit-xl-2, sd21, sdxl, mnist."),
+    table: Path = typer.Option(None, "--table", help="per-pass times and memory, JSON lines (docs/scaling.md); "
+                               "default: the newest reports/gpu/*.jsonl, else ../shared/data/gpu-anchor-h200.jsonl."),
+    gpu: str = typer.Option(None, "--gpu", help="scale a GPU table to another GPU by bf16 dense tensor throughput "
+                            "(public specifications; an estimate): h200, h100, a100, 4090."),
+    measure: bool = typer.Option(False, "--measure", help="time the passes the plan needs on base.device now and "
+                                 "project from those (under a minute for the embedded default)."),
+    changes: list[str] = typer.Option(None, "-S", "--set", help="the experiment to cost, as `dvc exp run -S` takes "
+                                      "it (repeatable; default: train.lr=1e-4)."),
+    as_json: bool = typer.Option(False, "--json", help="print the plan as JSON."),
+) -> None:
+    """Project a full run: every stage's work from params.yaml (calls x batch, NFE, samples, images) and, from a
+    table of per-pass times and memory, each stage's and the whole run's wall time and peak memory (labelled
+    as projections, with their source); then what an experiment (`-S KEY=VALUE`) re-runs and costs.
+
+    A pass the table lacks (VAE decode, Inception, text encoders in the H200 table) is listed, not guessed."""
+    from pipeline.stages import plan as stage
+
+    _guard(stage.run, backend, table, gpu, measure, changes or [], as_json, light=True)
 
 
 def main() -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "pipeline"
 # Each wing builds on the ones before it (pipeline/__init__.py says so too).
-WINGS = ["run", "backends", "data", "guidance", "evaluation", "config", "stages", "cli"]
+WINGS = ["run", "backends", "data", "guidance", "evaluation", "config", "plan", "stages", "cli"]
 
 
 def module_of(path: Path) -> str:

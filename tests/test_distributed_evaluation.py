@@ -49,7 +49,8 @@ def test_a_folder_reference_on_two_processes_with_readers_equals_one_process(tmp
     folder = tmp_path / "real"
     (folder / "sub").mkdir(parents=True)
     for i in range(30):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(folder / ("sub" if i % 3 else "") / f"{i:02d}.png")
+        where = folder / "sub" if i % 3 else folder  # subfolders are read too
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(where / f"{i:02d}.png")
     stats = {}
     for label, nproc, workers in (("plain", 1, 0), ("ranks", 2, 2)):
         project = copy_project(tiny_project, tmp_path / label)

@@ -168,8 +168,11 @@ class StoredSet:
             if not np.isfinite(values).all():
                 raise AGDError(f"{self.where} batch {b}", f"sampling produced non-finite {name}",
                                "a half-precision base can overflow: use base.dtype bfloat16 or float32")
-        _write_rows({name: self.group[name] for name in arrays}, self.layout, b, arrays)
-        self.group["done"][b] = True
+        # every chunk written, zeros too (write_empty_chunks is not kept in the metadata, so it is set for
+        # each write): a missing chunk file then always means a lost write, never "all zeros"
+        with zarr.config.set({"array.write_empty_chunks": True}):
+            _write_rows({name: self.group[name] for name in arrays}, self.layout, b, arrays)
+            self.group["done"][b] = True
 
     def read(self, name: str, rows: slice | None = None) -> np.ndarray:
         """A whole array (features, predictions: small) or a block of rows (pixels), checked: zarr reads
@@ -227,7 +230,6 @@ class SampleStore:
             self.remove(name)
         group = self.root.require_group(name)
         for array, (shape, chunks, dtype) in layout.arrays().items():
-            # every chunk written, zeros too: a missing chunk file then always means a lost write
             group.create_array(array, shape=shape, chunks=chunks, dtype=dtype, compressors=_compressors(),
                                fill_value=False if dtype == "bool" else 0, config={"write_empty_chunks": True})
         group.attrs.update(attrs)  # last: a set without attrs (a kill while creating) is made again
