@@ -147,13 +147,13 @@ class Generator:
             out["adapters_sha256"] = adapters_sha256
         return out
 
-    def fill(self, target, m: Method, world: World = World()) -> int:
+    def fill(self, target, m: Method, world: World = World(), stage: str = "evaluate") -> int:
         """Generate the batches of `target` not finished yet (this rank's share: every world.size-th
         batch, so each sample is made in the batch one process makes it in); returns how many."""
         done = target.done()
         own = list(range(self.layout.batches))[world.rank::world.size]
         todo = [b for b in own if not done[b]]
-        label = f"evaluate {m.label or m.mode} w={m.w:g}" + (f" (rank {world.rank})" if world.size > 1 else "")
+        label = f"{stage} {m.label or m.mode} w={m.w:g}" + (f" (rank {world.rank})" if world.size > 1 else "")
         finished = sum(len(self.layout.rows(b)) for b in own if done[b])
         with Tracker(label, sum(len(self.layout.rows(b)) for b in own), start=finished) as tracker:
             for b in todo:
@@ -225,7 +225,7 @@ def fill_store(path: Path, gen: Generator, methods: list[Method], stage: str, ad
         distributed.barrier()  # the other ranks open the sets rank 0 has made ready
         store = SampleStore(path)
         for m in methods:
-            gen.fill(store.open(m.name, gen.layout), m, world)
+            gen.fill(store.open(m.name, gen.layout), m, world, stage)
         distributed.barrier()
     return store
 
