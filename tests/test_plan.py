@@ -213,6 +213,14 @@ def test_sd21_without_sampling_rows_says_so(project):
     assert {"CFG pass", "base pass", "AGD pass", "text encoder"} <= set(doc["total"]["missing"])
 
 
+def test_without_any_table_the_work_is_still_counted(project):
+    """No reports/gpu/ and no anchor beside the checkout (a fresh clone alone): `--gpu` still plans, no times."""
+    (project.parent / "shared" / "data" / "gpu-anchor-h200.jsonl").unlink()
+    doc = planned(project, "--gpu", "4090")
+    assert by_name(doc)["trajectories"]["nfe"] == expected_nfe(config.load(project / "params.yaml"))["trajectories"]
+    assert all(s["seconds"] is None for s in doc["stages"])
+
+
 def test_other_experiments_rerun_what_reads_the_key(project):
     e = planned(project, "-S", "trajectories.num_steps=10")["experiment"]
     assert e["rerun_with_work"] == ["trajectories", "train", "evaluate"] and "teacher" in e["cached"]

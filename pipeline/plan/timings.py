@@ -312,6 +312,8 @@ def scaling(table: Table | None, gpu: str | None) -> tuple[str | None, float, di
     if gpu is not None and table is not None and source is None:
         raise AGDError(f"agd plan --gpu {gpu}", f"the table ({table.source}) is from {table.device}, not a GPU of the "
                        "list", f"scale a table of {', '.join(GPUS)}, or give that GPU's own with --table")
+    if table is None:  # no figures to scale: the work is still counted, and no time is projected
+        return gpu, 1.0, None
     target = gpu or source
     if target == source:
         return target, 1.0, None
