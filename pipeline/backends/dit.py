@@ -87,15 +87,16 @@ class DiTFamily(Family):
     def forward(self, x, t, cond):
         return self.denoiser(x.to(self.dtype), timestep=t, class_labels=cond["labels"]).sample
 
-    def guide(self, out_cond, out_null, w):
-        out_cfg = super().guide(out_cond, out_null, w)
-        # CFG acts on epsilon only: the learned variance comes from the conditional branch. With
+    def guide(self, out_cond, out_null, w, combine=None):
+        # Guidance acts on epsilon only: the learned variance comes from the conditional branch. With
         # cfg_channels = 3 only the first three epsilon channels are guided, as the original DiT code
-        # does "for exact reproducibility"; the rest stay conditional.
+        # does "for exact reproducibility"; the rest stay conditional. A rule's norms and stds (rescale,
+        # APG) are therefore taken over the guided channels alone.
         guided = self.cfg_channels or self.denoiser.config.in_channels
-        if guided < out_cfg.shape[1]:
-            out_cfg = torch.cat([out_cfg[:, :guided], out_cond[:, guided:]], dim=1)
-        return out_cfg
+        if guided >= out_cond.shape[1]:
+            return super().guide(out_cond, out_null, w, combine)
+        head = super().guide(out_cond[:, :guided], out_null[:, :guided], w, combine)
+        return torch.cat([head, out_cond[:, guided:]], dim=1)
 
     def content_identity(self):
         identity = super().content_identity()

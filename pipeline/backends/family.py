@@ -21,7 +21,7 @@ import fnmatch
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -31,6 +31,15 @@ from pipeline.run.errors import AGDError
 
 if TYPE_CHECKING:
     from pipeline.backends import BackendSpec
+
+
+Combine = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (cond, null, w) -> guided
+
+
+def cfg(cond: torch.Tensor, null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Classifier-free guidance, null + w (cond - null), w per sample: the one place it is written."""
+    return null + torch.as_tensor(w, device=cond.device).to(cond.dtype).view(-1, *([1] * (cond.dim() - 1))) \
+        * (cond - null)
 
 
 def _base_weights(module: nn.Module) -> dict[str, torch.Tensor]:
@@ -228,11 +237,12 @@ class Denoising:
         out_first, out_second = out.chunk(2)
         return (out_first, out_second) if self.spec.cfg_layout == "cond_null" else (out_second, out_first)
 
-    def guide(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-        """CFG's output from its two branches, null + w (cond - null) per sample (the unconditional one
-        may be an earlier step's: sampling's `reuse`). The only place CFG is combined."""
-        w = w.to(out_cond.dtype).view(-1, *([1] * (out_cond.dim() - 1)))
-        return out_null + w * (out_cond - out_null)
+    def guide(self, out_cond: torch.Tensor, out_null: torch.Tensor, w: torch.Tensor,
+              combine: Combine | None = None) -> torch.Tensor:
+        """The guided output from the two branches (the unconditional one may be an earlier step's:
+        sampling's `reuse`): `combine` is the teacher's rule (pipeline.guidance.rules), plain CFG by
+        default; a family decides which channels it acts on (DiT: epsilon, not the learned variance)."""
+        return (combine or cfg)(out_cond, out_null, w)
 
     def guided_channels(self, out: torch.Tensor) -> torch.Tensor:
         """The channels CFG acts on and the loss compares (all, unless the model learns a variance)."""

@@ -24,6 +24,7 @@ from pipeline.config.sections import (
     DagParams,
     EvaluateParams,
     FidRefParams,
+    GuidanceParams,
     LaunchParams,
     PrepareParams,
     PretrainParams,
@@ -50,6 +51,7 @@ class Params(BaseModel):
     conditions: ConditionsParams = ConditionsParams()
     sample: SampleParams = SampleParams()
     launch: LaunchParams = LaunchParams()
+    guidance: GuidanceParams = GuidanceParams()
     trajectories: TrajectoriesParams = TrajectoriesParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluateParams = EvaluateParams()
@@ -114,6 +116,6 @@ def from_mapping(raw: dict) -> Params:
 
 
 __all__ = ["PARAMS_FILE", "Params", "SECTIONS", "Section", "from_mapping", "load", "parse_section", "read",
-           "BaseParams", "ClassifierParams", "ConditionsParams", "DagParams", "EvaluateParams", "FidRefParams",
+           "BaseParams", "ClassifierParams", "ConditionsParams", "DagParams", "EvaluateParams", "FidRefParams", "GuidanceParams",
            "LaunchParams", "NfeParams", "PrepareParams", "PretrainParams", "SampleParams", "SamplersParams",
            "SweepParams", "TrainParams", "TrajectoriesParams", "TransferParams"]

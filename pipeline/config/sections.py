@@ -121,6 +121,29 @@ class SampleParams(Section):
                         "same results to float tolerance, not bit for bit")
 
 
+class GuidanceParams(Section):
+    """The teacher's guidance rule: what the trajectories record and the adapters learn
+    (pipeline/guidance/rules.py gives each rule's formula and paper)."""
+
+    rule: Literal["cfg", "interval", "rescale", "apg", "cfg_zero_star"] = key(
+        "cfg", "cfg (the paper's), interval, rescale, apg or cfg_zero_star")
+    interval: list[NonNegative] = key([0.3, 3.0], "interval: guide only while sigma lies in (low, high]; the "
+                                      "conditional pass alone (and no adapters) elsewhere")
+    rescale_phi: float = key(0.7, "rescale: the share of the std-rescaled output (Lin et al.'s 0.7)", ge=0, le=1)
+    apg_eta: float = key(0.0, "apg: weight of the update's part parallel to the conditional output (paper: 0)")
+    apg_norm_threshold: float = key(15.0, "apg: the update's per-sample norm is capped here (diffusers' default "
+                                    "15); 0: no cap", ge=0)
+    apg_momentum: float = key(-0.5, "apg: momentum of the update along the trajectory (negative, as the paper "
+                              "proposes; 0: none)", gt=-1, lt=1)
+    zero_init_steps: int = key(0, "cfg_zero_star: the first N steps output zero (the paper's 1 is for flow-"
+                               "matching velocities; an epsilon of zero is not a rest)", ge=0)
+
+    def check(self) -> None:
+        if len(self.interval) != 2 or not self.interval[0] < self.interval[1]:
+            raise Invalid("interval", f"expected [low, high] with 0 <= low < high, got {self.interval}",
+                          "write e.g. [0.3, 3.0]")
+
+
 class LaunchParams(Section):
     """How many processes `agd trajectories` and `agd train` run as (pipeline.run.distributed)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.data.store import TrajectoryStore
+from pipeline.run.errors import AGDError
 
 
 class ShuffleBuffer:
@@ -23,6 +24,14 @@ class ShuffleBuffer:
         self.n, self.capacity = len(store), min(capacity, len(store))
         self.meta = store.meta()
         self.num_steps = len(self.meta["t"])
+        # the steps where the teacher guided (the interval rule's band): the adapters run only there,
+        # so only there are they trained; a store without the attribute guided at every step
+        guided = store.attrs.get("guided_steps")
+        self.steps = None if guided is None else np.flatnonzero(guided)
+        if self.steps is not None and not len(self.steps):
+            raise AGDError(str(store.path), "its teacher guided at no step (guided_steps all false)",
+                           "widen guidance.interval to hold some of the sampler's noise levels, then re-run "
+                           "`agd trajectories`")
         self.rng = np.random.default_rng(seed)
         self.order, self.cursor = self.rng.permutation(self.n), 0
         self.ids: list[int] = []
@@ -48,7 +57,10 @@ class ShuffleBuffer:
         """{x, target, t, w, cond/...} for `batch_size` states drawn from the buffer."""
         self._fill()
         slots = self.rng.integers(0, len(self.ids), self.batch_size)
-        steps = self.rng.integers(0, self.num_steps, self.batch_size)
+        if self.steps is None:
+            steps = self.rng.integers(0, self.num_steps, self.batch_size)
+        else:
+            steps = self.steps[self.rng.integers(0, len(self.steps), self.batch_size)]
         traj = np.array([self.ids[s] for s in slots])
         if self.rows is not None:
             traj, steps = traj[self.rows], steps[self.rows]

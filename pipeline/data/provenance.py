@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from pipeline.backends.family import Family
 
 # Attributes that must match for a store to be resumed, trained on or verified against params.
-PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "data")
+PROVENANCE_KEYS = ("base", "scheduler", "scheduler_config", "num_steps", "conditions_sha256", "data", "guidance")
 
 
 def jsonable(config) -> dict:
@@ -37,8 +37,11 @@ def conditions_sha256(cond_doc: dict) -> str:
     return hashlib.sha256(json.dumps(cond_doc, sort_keys=True).encode()).hexdigest()[:32]
 
 
-def expected_attrs(family: Family, scheduler: str, num_steps: int, data: str, cond_doc: dict) -> dict:
-    """What a store made now, with these inputs, records about its making."""
+def expected_attrs(family: Family, scheduler: str, num_steps: int, data: str, cond_doc: dict,
+                   guidance: dict | None = None) -> dict:
+    """What a store made now, with these inputs, records about its making. guidance: the teacher
+    rule's identity (pipeline.guidance.rules.recorded; None, plain CFG, is not recorded, so a store
+    made before the rule was a choice keeps its identity)."""
     config = family_scheduler(family, scheduler, num_steps, key="params.yaml: trajectories.num_steps").config
     attrs = {
         "base": family.content_identity(),
@@ -52,6 +55,8 @@ def expected_attrs(family: Family, scheduler: str, num_steps: int, data: str, co
     }
     if data != "trajectories":  # stores of sampling trajectories keep the attributes they had
         attrs["data"] = data
+    if guidance is not None:
+        attrs["guidance"] = guidance
     return attrs
 
 
@@ -68,20 +73,22 @@ def mismatches(attrs: dict, expected: dict, keys=PROVENANCE_KEYS) -> list[str]:
     return [k for k in keys if _comparable(k, attrs.get(k)) != _comparable(k, expected.get(k))]
 
 
-def open_for_training(family: Family, path: str, scheduler: str, num_steps: int) -> TrajectoryStore:
-    """The store, refused if unfinished, made by another base or sampler configuration, or damaged."""
+def open_for_training(family: Family, path: str, scheduler: str, num_steps: int,
+                      guidance: dict | None = None) -> TrajectoryStore:
+    """The store, refused if unfinished, made by another base, sampler configuration or teacher rule
+    (guidance: as expected_attrs takes it), or damaged."""
     store = TrajectoryStore.open(Path(path))
     if not store.is_complete():
         missing = int((~store.done()).sum())
         raise AGDError(path, f"{missing} of {len(store)} trajectories unfinished",
                        "run `agd trajectories` (dvc repro) to complete it")
-    expected = {"base": family.identity(), "scheduler": scheduler, "num_steps": num_steps}
-    stale = mismatches(store.attrs, expected, keys=("scheduler", "num_steps"))
+    expected = {"base": family.identity(), "scheduler": scheduler, "num_steps": num_steps, "guidance": guidance}
+    stale = mismatches(store.attrs, expected, keys=("scheduler", "num_steps", "guidance"))
     if store.attrs.get("base", {}).get("fingerprint") != family.fingerprint:
         stale.insert(0, "base model")
     if stale:
         raise AGDError(path, f"made with another {', '.join(stale)} than params.yaml names",
-                       "re-run `agd trajectories` (dvc repro) for this base and sampler")
+                       "re-run `agd trajectories` (dvc repro) for this base, sampler and guidance rule")
     # Read every trajectory once before the first step (a minute for the largest paper store, against
     # hours of training): a missing, unreadable or non-finite chunk is refused now, not at the step
     # that happens to draw it, and never trained on.

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from pipeline.guidance.sampling import sample
+from pipeline.guidance.sampling import plan_for, sample
 
 if TYPE_CHECKING:
     from pipeline.backends.family import Family
@@ -61,20 +61,24 @@ def correction_metrics(err: float, corr: float, dot: float, norm_a: float, cond_
 @torch.no_grad()
 def held_out(family: Family, adapters: AdapterSet, cond: dict, seeds: np.ndarray, w: float, scheduler: str, steps: int
              ) -> tuple[dict, list[dict]]:
-    """Overall metrics and one row per sampler step (step, t, captured, cosine, gain)."""
+    """Overall metrics and one row per sampler step (step, t, captured, cosine, gain), on trajectories of
+    the adapters' own teacher rule; where that rule does not guide (outside the interval) AGD runs the
+    conditional pass alone, as sampling does, and CFG's correction there is nothing."""
     wt = torch.full((len(seeds),), w)
     per_step: list[tuple[int, float, Sums]] = []
+    plan = plan_for(family, scheduler, steps, "agd", rule=adapters.teacher)
 
     def record(step, x_t, t, out_cfg):
         cfg = family.guided_channels(out_cfg).float()
         cond_out = family.guided_channels(family.forward(x_t, t, cond)).float()
-        agd = family.guided_channels(adapters(family, x_t, t, cond, wt.to(x_t.device))).float()
+        agd = family.guided_channels(adapters(family, x_t, t, cond, wt.to(x_t.device))).float() \
+            if plan[step] == "agd" else cond_out if plan[step] == "cond" else torch.zeros_like(cond_out)
         s = Sums(err=(agd - cfg).pow(2).sum().item(), corr=(cfg - cond_out).pow(2).sum().item(),
                  dot=((agd - cond_out) * (cfg - cond_out)).sum().item(), norm_a=(agd - cond_out).pow(2).sum().item(),
                  cond_energy=cond_out.pow(2).sum().item())
         per_step.append((step, float(t.flatten()[0]), s))
 
-    sample(family, cond, seeds, wt, scheduler, steps, mode="cfg", record=record)
+    sample(family, cond, seeds, wt, scheduler, steps, mode="cfg", record=record, rule=adapters.teacher)
     total = Sums()
     rows = []
     for step, t, s in per_step:

@@ -28,6 +28,7 @@ from pipeline.backends.schedulers import family_scheduler
 from pipeline.data.provenance import jsonable
 from pipeline.evaluation import fid, judge
 from pipeline.evaluation.sample_store import Layout, MemorySet, SampleStore, batch_arrays
+from pipeline.guidance.rules import PLAIN, Rule, recorded
 from pipeline.guidance.sampling import Guidance, nfe, plan_for, sample
 from pipeline.run.distributed import World
 from pipeline.run.errors import AGDError
@@ -85,6 +86,7 @@ class Method:
     num_steps: int
     guidance: Guidance = Guidance()
     label: str = ""
+    rule: Rule = PLAIN  # the teacher rule of mode "cfg" (AGD runs under its adapters' own)
 
     @property
     def name(self) -> str:
@@ -126,12 +128,16 @@ class Generator:
                              judge_dim=128 if self.judge is not None else 0)
 
     def method(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
-               guidance: Guidance = Guidance(), label: str = "") -> Method:
+               guidance: Guidance = Guidance(), label: str = "", rule: Rule = PLAIN) -> Method:
         """A method with the evaluation's sampler and step count unless told otherwise."""
-        return Method(mode, w, scheduler or self.scheduler, num_steps or self.p.num_steps, guidance, label)
+        return Method(mode, w, scheduler or self.scheduler, num_steps or self.p.num_steps, guidance, label, rule)
+
+    def rule_of(self, m: Method) -> Rule:
+        """The rule a method's steps follow: AGD's adapters' teacher, else the method's own."""
+        return self.adapters.teacher if m.mode == "agd" else m.rule
 
     def cost(self, m: Method) -> int:
-        return nfe(plan_for(self.family, m.scheduler, m.num_steps, m.mode, m.guidance))
+        return nfe(plan_for(self.family, m.scheduler, m.num_steps, m.mode, m.guidance, self.rule_of(m)))
 
     def settings(self, m: Method, adapters_sha256: str | None = None) -> dict:
         """What decides a set's content: kept with the set, compared when a stage resumes it."""
@@ -143,6 +149,8 @@ class Generator:
                "guidance": {"interval": list(m.guidance.interval) if m.guidance.interval else None,
                             "reuse": m.guidance.reuse},
                "nfe_per_image": self.cost(m)}
+        if recorded(self.rule_of(m)) is not None:  # plain CFG is not recorded: earlier sets keep their identity
+            out["rule"] = recorded(self.rule_of(m))
         if adapters_sha256 is not None:
             out["adapters_sha256"] = adapters_sha256
         return out
@@ -167,7 +175,7 @@ class Generator:
         cond = self.family.condition_batch({k: v[idx] for k, v in self.cond_arrays.items()})
         t0 = time.perf_counter()
         x = sample(self.family, cond, self.seeds[idx], torch.full((len(idx),), m.w), m.scheduler, m.num_steps,
-                   mode=m.mode, adapters=self.adapters, guidance=m.guidance)
+                   mode=m.mode, adapters=self.adapters, guidance=m.guidance, rule=m.rule)
         seconds = time.perf_counter() - t0
         images = self.family.decode(x).cpu().numpy()
         del x
@@ -196,9 +204,16 @@ class Generator:
         return Samples(target, self.cost(m))
 
 
-def teacher_methods(gen: Generator, p) -> list[Method]:
-    """The teacher's sets: the unguided base, then CFG at every evaluated scale (p: the evaluate section)."""
-    return [gen.method("cond", 1.0, label="unguided")] + [gen.method("cfg", w) for w in p.guidance_scales]
+def teacher_methods(gen: Generator, p, rule: Rule = PLAIN) -> list[Method]:
+    """The teacher's sets: the unguided base, plain CFG at every evaluated scale (p: the evaluate section)
+    and, when the teacher rule is another, that rule's two-pass samples at every scale ("teacher/w3")."""
+    plain = [gen.method("cond", 1.0, label="unguided")] + [gen.method("cfg", w) for w in p.guidance_scales]
+    return plain + ([] if rule == PLAIN else [teacher_method(gen, w, rule) for w in p.guidance_scales])
+
+
+def teacher_method(gen: Generator, w: float, rule: Rule) -> Method:
+    """The two-pass samples of the teacher rule AGD distils (plain CFG: the `cfg` set itself)."""
+    return gen.method("cfg", w) if rule == PLAIN else gen.method("cfg", w, label="teacher", rule=rule)
 
 
 def fill_store(path: Path, gen: Generator, methods: list[Method], stage: str, adapters_sha256: str | None = None,

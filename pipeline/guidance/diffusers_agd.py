@@ -33,6 +33,7 @@ import torch
 
 from pipeline.backends import EMBEDDED, get_spec
 from pipeline.backends.loading import FAMILIES
+from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet, read_meta
 from pipeline.run.errors import AGDError
 
@@ -78,6 +79,12 @@ def is_enabled(pipe) -> bool:
 
 def attach(pipe, family: Family, adapters: AdapterSet):
     """enable_agd for a family and adapters already loaded around the pipeline's own denoiser."""
+    if adapters.teacher != rules.PLAIN:
+        # the pipelines combine plain CFG; a rule's steps (the interval's band, APG's momentum) are
+        # not theirs to run, so such adapters sample in our loop, which runs the rule they learnt
+        raise AGDError("adapters.json: teacher", f"adapters distilled from the {adapters.teacher.name} rule, which "
+                       "the diffusers pipelines' own CFG does not run", "sample them with `agd sample` or "
+                       "pipeline.guidance.generate (our sampling loop runs the rule's steps)")
     disable_agd(pipe)
     state = _AGD(pipe, family, adapters)
     setattr(pipe, _STATE, state)

@@ -20,7 +20,7 @@ import torch
 
 from pipeline.backends.loading import load_base
 from pipeline.backends.schedulers import family_scheduler, seeded_generators
-from pipeline.guidance import diffusers_agd
+from pipeline.guidance import diffusers_agd, rules
 from pipeline.guidance.adapters import AdapterSet
 from pipeline.guidance.sampling import sample
 from pipeline.run.errors import AGDError
@@ -38,20 +38,24 @@ def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "floa
 
 def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, seeds=None, num_steps: int = 25,
              scheduler: str = "DPMSolverMultistepScheduler", guidance: str = "agd") -> np.ndarray:
-    """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (2 passes).
+    """conditions: class labels (int) or captions (str). guidance: "agd" (1 pass) or "cfg" (the two
+    passes of the rule the adapters were distilled from).
     Sample i starts from seed i's noise (seeds: default 0, 1, ...), whatever the batch."""
     if w < 0:
         raise AGDError("w", f"guidance scale {w} is negative", "use w >= 0 (w = 1 is unguided)")
     if guidance not in ("agd", "cfg"):
         raise AGDError("--guidance", f"{guidance!r} is not a guidance", "use agd (one pass) or cfg (two passes)")
     seeds = np.arange(len(conditions)) if seeds is None else np.asarray(seeds)
-    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps"))
+    # adapters of a rule other than plain CFG (and that rule's two passes) run in our loop: the
+    # pipelines combine plain CFG only (diffusers_agd.attach)
+    plain = adapters.teacher == rules.PLAIN
+    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps")) if plain else None
     if pipe is None:
         key = "label" if family.spec.condition == "class" else "caption"
         cond = family.condition_batch(family.condition_arrays([{key: c} for c in conditions]))
         family.release_text_encoders()
         x = sample(family, cond, seeds, torch.full((len(conditions),), float(w)), scheduler, num_steps,
-                   mode=guidance, adapters=adapters)
+                   mode=guidance, adapters=adapters, rule=adapters.teacher)
         return family.decode(x).cpu().numpy()
     pipe.set_progress_bar_config(disable=True)
     inputs = family.pipeline_inputs(conditions)

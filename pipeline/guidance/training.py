@@ -21,6 +21,7 @@ import torch
 from pipeline.data.background import Prefetcher
 from pipeline.data.loader import ShuffleBuffer
 from pipeline.data.store import TrajectoryStore
+from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet
 from pipeline.run import checkpoint, distributed
 from pipeline.run.progress import Tracker, log
@@ -43,6 +44,7 @@ def fit(family: Family, store: TrajectoryStore, p, checkpoint_path: Path | None,
     distributed.check_split(p.batch_size, world.size)  # under a launcher that did not check it
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
                           p.w_gate).attach(family)
+    adapters.teacher = rules.from_identity(store.attrs.get("guidance"))  # what the store's targets came from
     if p.gradient_checkpointing:
         family.denoiser.enable_gradient_checkpointing()
     summary = adapters.summary()

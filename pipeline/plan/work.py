@@ -104,10 +104,8 @@ def sampling(params: Params, n: int, bs: int, plan: list[str], what: str, n_inc:
     through the step plan (one action a step: cfg, cond, agd or reuse), decoded, and its rows among the
     first n_inc through Inception, in calls of INCEPTION_BATCH."""
     out = []
-    actions = {a: plan.count(a) for a in dict.fromkeys(plan)}
     for count, b in batches(n, bs):
-        for action, steps in actions.items():
-            out.append(Passes("cond" if action == "reuse" else action, count * steps, b, what))
+        out += step_passes(plan, count, b, what)
     if params.base.backend not in PIXEL_SPACE:
         out += [Passes("decode", c, b, what) for c, b in batches(n, bs)]
     for start in range(0, min(n_inc, n), bs):
@@ -115,9 +113,19 @@ def sampling(params: Params, n: int, bs: int, plan: list[str], what: str, n_inc:
     return out
 
 
-def held_out(h: int, steps: int, what: str) -> list[Passes]:
-    """distill.held_out: h CFG trajectories in one batch; at every state also the conditional pass and AGD's."""
-    return [Passes("cfg", steps, h, what), Passes("cond", steps, h, what), Passes("agd", steps, h, what)]
+def step_passes(plan: list[str], count: int, b: int, what: str) -> list[Passes]:
+    """`count` batch passes of size b through a step plan: one line per action (a reuse step is a
+    conditional pass; a zero step is none)."""
+    actions = {a: plan.count(a) for a in dict.fromkeys(plan) if a != "zero"}
+    return [Passes("cond" if a == "reuse" else a, count * steps, b, what) for a, steps in actions.items()]
+
+
+def held_out(h: int, plan: list[str], what: str) -> list[Passes]:
+    """distill.held_out: h teacher trajectories in one batch (plan: AGD's step plan under the rule; the
+    teacher guides where AGD runs); at every state also the conditional pass, and AGD's where it runs."""
+    teacher = ["cfg" if a == "agd" else a for a in plan]
+    return step_passes(teacher, 1, h, what) + [Passes("cond", len(plan), h, what)] \
+        + step_passes([a for a in plan if a == "agd"], 1, h, what)
 
 
 def inception(n: int, what: str) -> list[Passes]:
@@ -135,23 +143,28 @@ def _folder_images(folder: str) -> int | None:
     return sum(1 for f in path.rglob("*") if f.suffix.lower().lstrip(".") in EXTENSIONS)
 
 
-def _step_plan(params: Params, mode: str, scheduler: str, steps: int) -> tuple[list[str], bool]:
-    """What each sampler step computes (pipeline.guidance.sampling.step_plan); False: an upper bound
-    (the guidance interval needs the base's noise levels, from its scheduler config on disk)."""
-    if mode in ("cfg", "agd", "cond"):
+def _step_plan(params: Params, mode: str, scheduler: str, steps: int, teacher: bool = False
+               ) -> tuple[list[str], bool]:
+    """What each sampler step computes (pipeline.guidance.sampling.step_plan), under params.yaml's
+    teacher rule when `teacher` (else plain CFG); False: an upper bound (a guidance interval needs the
+    base's noise levels, from its scheduler config on disk)."""
+    from pipeline.guidance import rules
+
+    rule = rules.from_params(params.guidance) if teacher else rules.PLAIN
+    if mode == "cond" or (mode in ("cfg", "agd") and rule == rules.PLAIN):
         return [mode] * steps, True
     from pipeline.guidance.sampling import Guidance, step_plan
 
     guidance = Guidance(interval=tuple(params.nfe.interval), reuse=params.nfe.reuse)
-    if mode == "reuse":
-        return step_plan("reuse", np.zeros(steps), guidance), True
+    if mode == "reuse" or (mode in ("cfg", "agd") and not isinstance(rule, rules.Interval)):
+        return step_plan(mode, np.zeros(steps), guidance, rule), True  # rules that go by the step index
     scheduler_config = Path(params.base.path) / "scheduler" / "scheduler_config.json"
     if not scheduler_config.exists():
         return ["cfg"] * steps, False
     from pipeline.backends.schedulers import make_scheduler, noise_levels
 
     made = make_scheduler(scheduler, json.loads(scheduler_config.read_text()), steps, key="params.yaml: nfe.steps")
-    return step_plan("interval", noise_levels(made), guidance), True
+    return step_plan(mode, noise_levels(made), guidance, rule), True
 
 
 def _off(name: str, key: str) -> Stage:
@@ -176,17 +189,25 @@ def _evaluation(params: Params) -> tuple[Stage, Stage]:
     traj, ev = params.trajectories, params.evaluate
     n, steps, bs, scales = ev.num_samples, ev.num_steps, ev.batch_size, ev.guidance_scales
     n_inc = min(ev.inception_samples or n, n)
+    sampler = ev.scheduler or traj.scheduler
+    ruled = params.guidance.rule != "cfg"  # the teacher's own two-pass sets beside plain CFG's
     teacher = sampling(params, n, bs, ["cond"] * steps, "unguided", n_inc)
     for w in scales:
         teacher += sampling(params, n, bs, ["cfg"] * steps, f"CFG w={w:g}", n_inc)
+        if ruled:
+            rule_plan = _step_plan(params, "cfg", sampler, steps, teacher=True)[0]
+            teacher += sampling(params, n, bs, rule_plan, f"{params.guidance.rule} w={w:g}", n_inc)
     evaluate = []
+    agd_plan = _step_plan(params, "agd", sampler, steps, teacher=True)[0]
     for w in scales:
-        evaluate += sampling(params, n, bs, ["agd"] * steps, f"AGD w={w:g}", n_inc)
+        evaluate += sampling(params, n, bs, agd_plan, f"AGD w={w:g}", n_inc)
+    held_plan = _step_plan(params, "agd", traj.scheduler, traj.num_steps, teacher=True)[0]
     for w in scales:
-        evaluate += held_out(ev.held_out_trajectories, traj.num_steps, f"held-out w={w:g}")
+        evaluate += held_out(ev.held_out_trajectories, held_plan, f"held-out w={w:g}")
     prompts = _text(params, n, "evaluation prompts")  # each stage encodes them
-    return (Stage("teacher", passes=teacher + prompts, samples=n * (1 + len(scales)), samples_are="samples",
-                  images=n_inc * (1 + len(scales))),
+    sets = 1 + len(scales) * (2 if ruled else 1)
+    return (Stage("teacher", passes=teacher + prompts, samples=n * sets, samples_are="samples",
+                  images=n_inc * sets),
             Stage("evaluate", passes=evaluate + prompts, samples=n * len(scales), samples_are="samples",
                   images=n_inc * len(scales)))
 
@@ -196,11 +217,13 @@ def _sweep(params: Params) -> Stage:
     if not s.num_samples:
         return _off("sweep", "num_samples")
     m, m_inc = s.num_samples, min(s.inception_samples or s.num_samples, s.num_samples)
+    agd_plan = _step_plan(params, "agd", ev.scheduler or traj.scheduler, ev.num_steps, teacher=True)[0]
+    held_plan = _step_plan(params, "agd", traj.scheduler, traj.num_steps, teacher=True)[0]
     work = sampling(params, m, ev.batch_size, ["cond"] * ev.num_steps, "unguided", m_inc)
     for w in s.guidance_scales:
         work += sampling(params, m, ev.batch_size, ["cfg"] * ev.num_steps, f"CFG w={w:g}", m_inc)
-        work += sampling(params, m, ev.batch_size, ["agd"] * ev.num_steps, f"AGD w={w:g}", m_inc)
-        work += held_out(ev.held_out_trajectories, traj.num_steps, f"held-out w={w:g}")
+        work += sampling(params, m, ev.batch_size, agd_plan, f"AGD w={w:g}", m_inc)
+        work += held_out(ev.held_out_trajectories, held_plan, f"held-out w={w:g}")
     runs = 1 + 2 * len(s.guidance_scales)
     return Stage("sweep", passes=work + _text(params, m, "prompts"), samples=m * runs, samples_are="samples",
                  images=m_inc * runs)
@@ -218,7 +241,7 @@ def _nfe(params: Params) -> Stage:
             if run in done:  # the stage samples each (mode, steps) once
                 continue
             done.add(run)
-            plan, exact = _step_plan(params, run[0], sampler, run[1])
+            plan, exact = _step_plan(params, run[0], sampler, run[1], teacher=run[0] == "agd")
             work += sampling(params, m, ev.batch_size, plan, f"{run[0]} {run[1]} steps", m_inc)
             if not exact:
                 bounds.append(f"{run[0]} {run[1]} steps")
@@ -236,8 +259,9 @@ def _samplers(params: Params) -> Stage:
     work = []
     for name, steps in p.parsed():
         work += sampling(params, m, ev.batch_size, ["cfg"] * steps, f"CFG {name}:{steps}", m_inc)
-        work += sampling(params, m, ev.batch_size, ["agd"] * steps, f"AGD {name}:{steps}", m_inc)
-        work += held_out(ev.held_out_trajectories, steps, f"held-out {name}:{steps}")
+        agd_plan = _step_plan(params, "agd", name, steps, teacher=True)[0]
+        work += sampling(params, m, ev.batch_size, agd_plan, f"AGD {name}:{steps}", m_inc)
+        work += held_out(ev.held_out_trajectories, agd_plan, f"held-out {name}:{steps}")
     runs = 2 * len(p.settings)
     return Stage("samplers", passes=work + _text(params, m, "prompts"), samples=m * runs, samples_are="samples",
                  images=m_inc * runs)
@@ -248,10 +272,12 @@ def _transfer(params: Params) -> Stage:
     if not p.finetune_steps:
         return _off("transfer", "finetune_steps")
     work = [Passes("base_train", p.finetune_steps, p.finetune_batch_size, "the derived model")]
+    traj = params.trajectories
+    held_plan = _step_plan(params, "agd", traj.scheduler, traj.num_steps, teacher=True)[0]
     for width in p.widths:
         work.append(Passes("train", p.adapter_steps, params.train.batch_size, f"width {width}"))
         for model in ("base", "derived"):
-            work += held_out(h, params.trajectories.num_steps, f"held-out width {width}, {model}")
+            work += held_out(h, held_plan, f"held-out width {width}, {model}")
     return Stage("transfer", passes=work, note="adapter steps of every width timed as train.width's")
 
 
@@ -272,8 +298,10 @@ def stages(params: Params) -> list[Stage]:
         _fid_ref(params),
         Stage("conditions", note=f"draws {k:,} conditions, w and seeds" + (" (no encoding)" if text else "")),
         Stage("trajectories", samples=k, samples_are="trajectories",
-              passes=[Passes("cfg", count * traj.num_steps, b, f"{traj.scheduler} {traj.num_steps} steps")
-                      for count, b in batches(k, traj.batch_size)] + _text(params, k, "the prompts")),
+              passes=[p for count, b in batches(k, traj.batch_size)
+                      for p in step_passes(_step_plan(params, "cfg", traj.scheduler, traj.num_steps, teacher=True)[0],
+                                           count, b, f"{traj.scheduler} {traj.num_steps} steps")]
+              + _text(params, k, "the prompts")),
         Stage("train", passes=[Passes("train", tr.steps, tr.batch_size)], samples=tr.steps * tr.batch_size,
               samples_are="states"),
         *_evaluation(params),

@@ -26,11 +26,14 @@ from pipeline.config import Params
 from pipeline.evaluation import distill
 from pipeline.evaluation.models import load_models
 from pipeline.evaluation.sample_store import SampleStore
-from pipeline.evaluation.samples import EVALUATION_STORE, TEACHER_STORE, Generator, fill_store, held_out, read_set
+from pipeline.evaluation.samples import EVALUATION_STORE, TEACHER_STORE, Generator, fill_store, held_out, read_set, teacher_method
 from pipeline.evaluation.samples import teacher_methods as teacher_sets
 from pipeline.evaluation.scoring import Scorer, same_seed_mse
 from pipeline.evaluation.tables import scale_key
+from pipeline.guidance import rules
+from pipeline.guidance.rules import PLAIN
 from pipeline.run import devices, distributed, files, preflight
+from pipeline.run.errors import AGDError
 from pipeline.run.progress import log
 
 METRICS = Path("reports/metrics.json")
@@ -87,8 +90,13 @@ def run(params: Params) -> None:
         + (f"; rank {world.rank} of {world.size}" if world.size > 1 else ""))
     gen = Generator(family, adapters, p, sampler)
     adapters_sha256 = saved.read_meta(Path(params.train.output))["weights_sha256"]
+    rule = rules.from_params(params.guidance)
+    if adapters.teacher != rule:
+        raise AGDError(f"{params.train.output}: teacher", f"the adapters were trained from {adapters.teacher.identity()}"
+                       f", params.yaml's guidance section names {rule.identity()}",
+                       "re-run `agd trajectories` and `agd train` (dvc repro) for this rule")
     if world.main:  # the teacher's sets are checked before AGD's sampling starts
-        for m in teacher_sets(gen, p):
+        for m in teacher_sets(gen, p, rule):
             read_set(teacher, gen, m, "teacher")
     agd_methods = {w: gen.method("agd", w) for w in p.guidance_scales}
     store = fill_store(EVALUATION_STORE, gen, list(agd_methods.values()), "evaluate", adapters_sha256, world)
@@ -104,23 +112,28 @@ def run(params: Params) -> None:
     for w, agd_method in agd_methods.items():
         key = scale_key(w)
         cfg = read_set(teacher, gen, gen.method("cfg", w), "teacher")
+        own = read_set(teacher, gen, teacher_method(gen, w, rule), "teacher")  # cfg itself for plain CFG
         agd = read_set(store, gen, agd_method, "evaluate", adapters_sha256)
         summary, tables[w] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
                                                 traj.num_steps)
         quality[key] = {"cfg": scorer.score(cfg), "agd": scorer.score(agd)}
+        timing[key] = {"cfg": {"seconds_per_image": round(cfg.seconds, 5), "nfe_per_image": cfg.nfe},
+                       "agd": {"seconds_per_image": round(agd.seconds, 5), "nfe_per_image": agd.nfe},
+                       "time_ratio": round(agd.seconds / cfg.seconds, 4)}
         versus = scorer.compare(agd, cfg)
         versus["same_seed_mse_unguided"] = same_seed_mse(unguided, cfg)  # how far CFG moved
         versus["fid_ratio"] = round(quality[key]["agd"]["fid"]["value"] / quality[key]["cfg"]["fid"]["value"], 4)
         if "accuracy" in quality[key]["cfg"]:
             versus["accuracy_gap"] = round(quality[key]["agd"]["accuracy"] - quality[key]["cfg"]["accuracy"], 4)
         versus.update(summary, in_training_range=bool(cond_p.w_min <= w <= cond_p.w_max))
+        if rule != PLAIN:  # AGD against the two-pass rule it distils, beside plain CFG
+            quality[key]["teacher"] = scorer.score(own)
+            versus["teacher"] = {"rule": rule.identity(), **scorer.compare(agd, own)}
+            timing[key]["teacher"] = {"seconds_per_image": round(own.seconds, 5), "nfe_per_image": own.nfe}
         metrics[key] = versus
-        timing[key] = {"cfg": {"seconds_per_image": round(cfg.seconds, 5), "nfe_per_image": cfg.nfe},
-                       "agd": {"seconds_per_image": round(agd.seconds, 5), "nfe_per_image": agd.nfe},
-                       "time_ratio": round(agd.seconds / cfg.seconds, 4)}
         log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:
-            image = grid(cfg.source.read("grid"), agd.source.read("grid"))
+            image = grid(own.source.read("grid"), agd.source.read("grid"))  # AGD beside what it distils
             with files.atomic(GRID) as tmp:
                 Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).save(tmp)
     for path, doc in ((METRICS, metrics), (QUALITY, quality), (TIMING, timing)):

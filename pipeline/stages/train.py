@@ -13,6 +13,7 @@ from pipeline.backends.loading import load_base
 from pipeline.config import Params
 from pipeline.data.provenance import open_for_training
 from pipeline.data.store import TrajectoryStore
+from pipeline.guidance import rules
 from pipeline.guidance.training import fit
 from pipeline.run import devices, distributed, files, preflight
 from pipeline.run.progress import log
@@ -32,7 +33,8 @@ def run(params: Params) -> None:
     log(f"train: {family.spec.name} base on {devices.describe(family.device, family.dtype)}, autocast {p.autocast}"
         + (f", rank {world.rank} of {world.size} (DistributedDataParallel)" if world.size > 1 else ""))
     if world.main:  # one rank reads the whole store to check it; the others wait for its verdict
-        store = open_for_training(family, traj.output, traj.scheduler, traj.num_steps)
+        store = open_for_training(family, traj.output, traj.scheduler, traj.num_steps,
+                              rules.recorded(rules.from_params(params.guidance)))
     distributed.barrier()
     if not world.main:
         store = TrajectoryStore.open(Path(traj.output))

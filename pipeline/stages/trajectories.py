@@ -21,12 +21,13 @@ import torch
 from pipeline import __version__
 from pipeline.backends.family import Family
 from pipeline.backends.loading import load_base
-from pipeline.backends.schedulers import family_scheduler
+from pipeline.backends.schedulers import family_scheduler, noise_levels
 from pipeline.config import Params
 from pipeline.data import conditions, forward_noised, shelf
 from pipeline.data.background import Writer
 from pipeline.data.provenance import expected_attrs, mismatches
 from pipeline.data.store import StoreLock, TrajectoryStore
+from pipeline.guidance import rules
 from pipeline.guidance.sampling import cfg_trajectory_arrays
 from pipeline.run import devices, distributed, preflight
 from pipeline.run.errors import AGDError
@@ -96,8 +97,14 @@ def _prepare(path: Path, family: Family, p, attrs: dict, extra: dict, w_all, see
 
 def run(params: Params) -> None:
     base, p = params.base, params.trajectories
+    rule = rules.from_params(params.guidance)
     if p.data == "forward_noised":
         forward_noised.require_backend(base.backend)
+        if rule != rules.PLAIN:  # its states are real images noised, not a run of the sampler
+            raise AGDError("params.yaml: guidance.rule", f"{rule.name} with trajectories.data: forward_noised: the "
+                           "ablation's targets are plain CFG at noised real images, with no sampling run for a rule's "
+                           "steps and state", "use guidance.rule: cfg with forward_noised, or trajectories.data: "
+                           "trajectories")
     cond_doc = conditions.read()
     world = distributed.world()
     family = load_base(**{**base.model_dump(), "device": distributed.local_device(base.device)})
@@ -114,8 +121,15 @@ def run(params: Params) -> None:
     cond_all = family.condition_arrays(items)
     images = forward_noised.training_images(family, items) if p.data == "forward_noised" else None
     family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
-    attrs = expected_attrs(family, p.scheduler, p.num_steps, p.data, cond_doc)
+    attrs = expected_attrs(family, p.scheduler, p.num_steps, p.data, cond_doc, rules.recorded(rule))
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
+    guided = rules.guided_steps(rule, noise_levels(family_scheduler(family, p.scheduler, p.num_steps)))
+    if not any(guided):
+        raise AGDError("params.yaml: guidance.interval", f"{list(params.guidance.interval)} holds none of the "
+                       f"sampler's {p.num_steps} noise levels: the teacher would never guide",
+                       "widen the band (sigma runs from about 0.03 to 15 on the embedded default)")
+    if not all(guided):  # the training loader draws its states from these steps only
+        extra["guided_steps"] = guided
     path = Path(p.output)
     preflight.writable(path, "params.yaml: trajectories.output", "folder")
     log(f"trajectories: {family.spec.name} base on {devices.describe(family.device, family.dtype)}"
@@ -144,7 +158,7 @@ def run(params: Params) -> None:
                 cond = family.condition_batch({k: v[idx] for k, v in cond_all.items()})
                 w = torch.from_numpy(w_all[idx])
                 if images is None:
-                    arrays = cfg_trajectory_arrays(family, cond, seeds[idx], w, p.scheduler, p.num_steps)
+                    arrays = cfg_trajectory_arrays(family, cond, seeds[idx], w, p.scheduler, p.num_steps, rule)
                 else:
                     arrays = forward_noised.states_and_targets(family, noiser, torch.from_numpy(images[idx]),
                                                                cond, seeds[idx], w)

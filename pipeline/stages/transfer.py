@@ -120,11 +120,13 @@ def run(params: Params) -> None:
     from pipeline.data.provenance import open_for_training
     from pipeline.evaluation import distill
     from pipeline.evaluation.samples import held_out
+    from pipeline.guidance import rules
 
     family = load_base(**base.model_dump())
     out = Path(p.output)
     derived = derived_model(family, base, params.pretrain, p, out / "base-finetuned")
-    store = open_for_training(family, traj.output, traj.scheduler, traj.num_steps)
+    store = open_for_training(family, traj.output, traj.scheduler, traj.num_steps,
+                              rules.recorded(rules.from_params(params.guidance)))
     held_cond, held_seeds = held_out(family, ev_p)
     w = p.guidance_scale
     rows, summary = [], {}

@@ -16,6 +16,7 @@ from pipeline.config import Params
 from pipeline.data import conditions
 from pipeline.data.provenance import expected_attrs, mismatches
 from pipeline.data.store import TrajectoryStore
+from pipeline.guidance import rules
 from pipeline.run.errors import AGDError
 from pipeline.run.progress import Tracker, log
 
@@ -59,7 +60,8 @@ def run(params: Params, path: str | None = None, against_params: bool = True) ->
     found = problems_in(store)
     if against_params:
         family = load_base(**{**params.base.model_dump(), "device": "cpu"})  # its fingerprint and scheduler
-        expected = expected_attrs(family, traj.scheduler, traj.num_steps, traj.data, conditions.read())
+        expected = expected_attrs(family, traj.scheduler, traj.num_steps, traj.data, conditions.read(),
+                                  rules.recorded(rules.from_params(params.guidance)))
         found += [f"attribute {k} differs from the base model / params in use" for k in mismatches(store.attrs, expected)]
     if found:
         raise AGDError(str(path), "; ".join(found[:5]) + (f" (+{len(found) - 5} more)" if len(found) > 5 else ""),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pipeline.guidance import rules
 from pipeline.guidance.adapters import saved
 from pipeline.guidance.adapters.cross_attention import CrossAttentionAdapter
 from pipeline.guidance.adapters.layers import Fixed, GuidanceEmbedding, Stacks
@@ -57,6 +58,9 @@ class AdapterSet(nn.Module):
         # embedding; at w = 1 the model is exactly the base. (The frozen blocks after an adapter
         # are not linear, so the adapters still see w and correct the size where they must.)
         self.w_gate = w_gate
+        # the teacher rule the adapters learn (fit sets it from the store): sampling runs the adapters
+        # where that rule guides, and the conditional pass alone where it does not (the interval)
+        self.teacher: rules.Rule = rules.PLAIN
         torch.manual_seed(seed)
         t_dim, c_dim = family.embedding_dims
         self.targets = [name for name, _ in family.adapter_targets()]
@@ -181,7 +185,7 @@ class AdapterSet(nn.Module):
     def save(self, out_dir: Path) -> None:
         """The adapter folder (saved.py): weights, then metadata, each written atomically."""
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        meta = {**self.config, "targets": self.targets,
+        meta = {**self.config, "targets": self.targets, "teacher": self.teacher.identity(),
                 "base": {**self.base_identity, "fingerprints": self._family.precision_fingerprints()},
                 **self.summary()}
         saved.write(Path(out_dir), state, meta)
@@ -197,6 +201,7 @@ class AdapterSet(nn.Module):
         saved.check_targets(path, meta, [name for name, _ in family.adapter_targets()])
         state = saved.read_weights(path, meta)
         adapters = cls(family, **config)
+        adapters.teacher = saved.teacher(path, meta)
         try:
             adapters.load_state_dict(state)
         except RuntimeError as err:

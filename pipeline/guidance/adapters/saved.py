@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from pipeline.guidance import rules
 from pipeline.run import files
 from pipeline.run.errors import AGDError
 
@@ -92,6 +93,16 @@ def config(path: Path, meta: dict) -> dict:
             raise AGDError(f"{where}: {key}", f"expected {kind.__name__}, got {value!r}", RETRAIN)
         found[key] = value
     return found
+
+
+def teacher(path: Path, meta: dict) -> rules.Rule:
+    """The teacher rule the adapters were trained from (files written before it was a choice: plain CFG)."""
+    recorded = meta.get("teacher")
+    try:
+        return rules.from_identity(recorded)
+    except (KeyError, TypeError, ValueError):
+        raise AGDError(f"{Path(path) / META}: teacher", f"{recorded!r} is not a teacher rule of this version "
+                       f"({', '.join(rules.RULES)})", RETRAIN) from None
 
 
 def check_base(path: Path, meta: dict, fingerprint: str, dtype: str, identity: dict, fingerprint_as=None) -> None:
