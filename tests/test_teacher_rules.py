@@ -150,3 +150,16 @@ def test_a_rule_without_guided_steps_and_forward_noised_are_refused(project_copy
     set_params(project_copy, **{"guidance.rule": "cfg", "trajectories.data": "trajectories", "guidance.interval": [3.0, 1.0]})
     refused = agd(project_copy, "check", check=False)
     assert refused.returncode != 0 and "guidance.interval" in refused.stderr
+
+
+def test_plan_counts_the_passes_of_the_interval_rule(project_copy):
+    """agd plan under the interval: the teacher guides 2 of the 5 steps, AGD runs its adapters on those 2."""
+    set_params(project_copy, **{"guidance.rule": "interval", "guidance.interval": band_around_steps(project_copy, 1, 2)})
+    doc = json.loads(agd(project_copy, "plan", "--json").stdout)
+    by_name = {s["name"]: s for s in doc["stages"]}
+    assert by_name["trajectories"]["nfe"] == 20 * (2 * 2 + 3)
+    passes = {(s, p["kind"], p["batch"]): p["calls"] for s in ("teacher", "evaluate") for p in by_name[s]["passes"]}
+    # evaluate at w = 3 and 6, batches of 20: AGD on 2 steps, the conditional pass on 3, per scale
+    assert passes[("evaluate", "agd", 20)] == 2 * 2 and passes[("evaluate", "cond", 20)] == 2 * 3
+    # teacher: plain CFG (5 steps) and the interval (2 guided steps) per scale; unguided 5 + interval 3 + 3
+    assert passes[("teacher", "cfg", 20)] == 2 * (5 + 2) and passes[("teacher", "cond", 20)] == 5 + 2 * 3
