@@ -143,6 +143,16 @@ def test_nfe_stage_counts_each_baselines_passes(tiny_project, project_copy):
     assert summary["steps5"]["vs_interval"]["nfe"] == 8 and summary["steps5"]["vs_cfg_half_steps"]["nfe"] == 4
     # CFG at half of 5 steps is the run of CFG at 2 steps: the same figures
     assert rows[("cfg_half_steps", 2)]["fid"] == rows[("cfg", 2)]["fid"]
+    # seconds are the sum of each step's interleaved cost: CFG's time is linear in its steps, and the
+    # CFG at AGD's time takes the most steps that fit in AGD's seconds
+    seconds = {key: float(r["seconds_per_image"]) for key, r in rows.items()}
+    per_cfg_step = seconds[("cfg", 5)] / 5
+    assert seconds[("cfg", 2)] == pytest.approx(2 * per_cfg_step, rel=1e-3) and per_cfg_step > 0
+    for n in (2, 5):
+        timed = summary[f"steps{n}"]["vs_cfg_equal_time"]
+        assert timed["steps"] == n or (timed["steps"] + 1) * per_cfg_step > summary[f"steps{n}"]["agd_seconds"]
+        assert timed["steps"] == 1 or timed["seconds_per_image"] <= summary[f"steps{n}"]["agd_seconds"]
+        assert summary[f"steps{n}"]["vs_interval_equal_nfe"]["nfe"] <= n
     assert "Against the cheap-CFG baselines" in (reports / "results.md").read_text()
     assert Image.open(reports / "nfe.png").width > 100
 

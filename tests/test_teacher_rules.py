@@ -18,7 +18,7 @@ from pipeline.data.loader import ShuffleBuffer
 from pipeline.data.store import TrajectoryStore
 from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet
-from pipeline.guidance.sampling import plan_for
+from pipeline.guidance.sampling import nfe, plan_for
 from tests.conftest import agd, set_params
 
 
@@ -95,6 +95,19 @@ def test_the_interval_teacher_through_every_stage(project_copy):
         assert versus["fid_diff"]["ci_low"] <= versus["fid_diff"]["value"] <= versus["fid_diff"]["ci_high"]
         assert set(quality[key]) == {"cfg", "agd", "teacher"}
     agd(project_copy, "report")
+
+    # nfe: AGD from the interval against the interval itself at equal steps, NFE and time
+    set_params(project_copy, **{"nfe.num_samples": 6, "nfe.inception_samples": 6, "nfe.steps": [5],
+                                "nfe.interval": band, "nfe.timing_rounds": 1})
+    agd(project_copy, "nfe")
+    summary = json.loads((reports / "nfe.json").read_text())["steps5"]
+    assert summary["teacher"] == "interval" and "vs_teacher" not in summary  # the interval baseline is the teacher
+    assert summary["agd_nfe"] == 5 and (summary["vs_interval"]["steps"], summary["vs_interval"]["nfe"]) == (5, 7)
+    interval_nfe = {m: nfe(plan_for(family, "DDIMScheduler", m, "cfg", rule=rules.Interval(*band))) for m in range(1, 6)}
+    equal = summary["vs_interval_equal_nfe"]
+    assert equal["steps"] == max(m for m, cost in interval_nfe.items() if cost <= 5) and equal["nfe"] <= 5
+    timed = summary["vs_interval_equal_time"]
+    assert timed["seconds_per_image"] <= summary["agd_seconds"] or timed["steps"] == 1
 
 
 def test_apg_momentum_runs_along_each_stored_trajectory(project_copy):

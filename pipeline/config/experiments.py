@@ -40,6 +40,8 @@ class NfeParams(Section):
                                 "(Kynkaanniemi et al. 2024)")
     reuse: float = key(0.5, "share of steps that reuse the last unconditional output (FasterCache-style)", ge=0,
                        lt=1, fix="use e.g. 0.5 (every other step)")
+    timing_rounds: int = key(3, "interleaved rounds timing each kind of step (the seconds axis); the fastest is kept",
+                             ge=1, fix="use e.g. 3")
     num_samples: int = key(0, f"samples per method and step count; {OFF}", ge=0,
                            problem="sample counts must not be negative", fix="use 0 (off) or e.g. 1000")
     inception_samples: int = key(100, "Inception FID on the first N of them; 0: all", ge=0,

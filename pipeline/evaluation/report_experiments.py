@@ -64,7 +64,12 @@ def plot_sweep(out: Path, w_range: tuple[float, float]) -> None:
 
 
 METHOD_LABELS = {"cfg": "CFG", "agd": "AGD", "cfg_half_steps": "CFG, half the steps",
-                 "interval": "CFG on a guidance interval", "reuse": "CFG reusing the unconditional output"}
+                 "interval": "CFG on a guidance interval", "reuse": "CFG reusing the unconditional output",
+                 "teacher": "the teacher rule (two passes)"}
+# the equal-cost rows are points of their rule's curve: named in the tables, not drawn as curves
+EQUAL_COST_LABELS = {"cfg_equal_time": "CFG at AGD's time", "interval_equal_nfe": "interval at AGD's NFE",
+                     "interval_equal_time": "interval at AGD's time", "teacher_equal_nfe": "teacher at AGD's NFE",
+                     "teacher_equal_time": "teacher at AGD's time"}
 
 
 def nfe_table(path: Path = REPORTS / "nfe.json") -> str:
@@ -76,14 +81,22 @@ def nfe_table(path: Path = REPORTS / "nfe.json") -> str:
     name = "judge_fd_diff" if "judge_fd_diff" in first["vs_cfg"] else "fid_diff"
     what = "judge feature distance" if name == "judge_fd_diff" else "FID"
     baselines = [k[3:] for k in first if k.startswith("vs_")]
-    lines = [f"AGD minus each baseline in {what} (95 % paired; negative: AGD is better), NFE per image in brackets:",
-             "", "| steps | AGD NFE | " + " | ".join(METHOD_LABELS.get(b, b) for b in baselines) + " |",
+    teacher = first.get("teacher", "cfg")
+    lines = [f"AGD (distilled from the {teacher} rule) minus each baseline in {what} (95 % paired; negative: AGD is "
+             "better), the baseline's steps and NFE per image in brackets:",
+             "", "| steps | AGD NFE | " + " | ".join({**METHOD_LABELS, **EQUAL_COST_LABELS}.get(b, b) for b in baselines)
+             + " |",
              "|---|---|" + "---|" * len(baselines)]
     for key in sorted(summary, key=lambda k: int(k[5:])):
         m = summary[key]
-        cells = [f"{_diff(m['vs_' + b][name], 2)} ({m['vs_' + b]['nfe']})" for b in baselines]
+        cells = [f"{_diff(m['vs_' + b][name], 2)} ({_steps_nfe(m['vs_' + b])})" for b in baselines]
         lines.append(f"| {key[5:]} | {m['agd_nfe']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _steps_nfe(versus: dict) -> str:
+    """"12 st, 20" (summaries written before the steps were recorded: the NFE alone)."""
+    return f"{versus['steps']} st, {versus['nfe']}" if "steps" in versus else str(versus["nfe"])
 
 
 def plot_nfe(out: Path) -> None:
@@ -104,10 +117,11 @@ def plot_nfe(out: Path) -> None:
             err = [[v - float(r[f"{name}_low"]) for v, r in zip(y, mine)],
                    [float(r[f"{name}_high"]) - v for v, r in zip(y, mine)]]
             style = {"lw": 2.2, "zorder": 3} if method == "agd" else {"lw": 1.0}
-            for ax, x in ((axes[0], [int(r["nfe"]) for r in mine]), (axes[1], [float(r["seconds_per_image"]) for r in mine])):
+            ms = [1e3 * float(r["seconds_per_image"]) for r in mine]
+            for ax, x in ((axes[0], [int(r["nfe"]) for r in mine]), (axes[1], ms)):
                 ax.errorbar(x, y, yerr=err, marker="o", ms=4, capsize=2, label=METHOD_LABELS[method], **style)
         label = "judge feature distance" if name == "judge_fd" else "FID"
-        for ax, xlabel in zip(axes, ("NFE per image", "seconds per image (this run's machine)")):
+        for ax, xlabel in zip(axes, ("NFE per image", "ms per image (interleaved timing, this run's machine)")):
             ax.set_xlabel(xlabel)
             ax.set_ylabel(f"{label} (95 % interval)")
         axes[0].legend(fontsize=8)

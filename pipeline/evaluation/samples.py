@@ -196,9 +196,9 @@ class Generator:
         return mnist.to_model_space(torch.from_numpy(images[..., 0])).to(self.family.device)
 
     def run(self, mode: str, w: float, scheduler: str | None = None, num_steps: int | None = None,
-            guidance: Guidance = Guidance(), label: str | None = None) -> Samples:
+            guidance: Guidance = Guidance(), label: str | None = None, rule: Rule = PLAIN) -> Samples:
         """All samples of one method in memory (features and small pixels only): the experiment stages."""
-        m = self.method(mode, w, scheduler, num_steps, guidance, label or "")
+        m = self.method(mode, w, scheduler, num_steps, guidance, label or "", rule)
         target = MemorySet(self.layout)
         self.fill(target, m)
         return Samples(target, self.cost(m))
