@@ -17,8 +17,9 @@ from typer.testing import CliRunner
 
 from pipeline.backends import get_spec
 from pipeline.backends.loading import load_base
-from pipeline.backends.schedulers import seeded_generators
+from pipeline.backends.schedulers import family_scheduler, noise_levels, seeded_generators
 from pipeline.cli import app
+from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet
 from pipeline.guidance.diffusers_agd import disable_agd, enable_agd, is_enabled
 from pipeline.guidance.sampling import sample
@@ -72,16 +73,18 @@ def _call(pipe, backend, w=W, seeds=SEEDS, **kwargs):
                 generator=seeded_generators(seeds), **kwargs).images
 
 
-def _loop(backend, root: Path, mode: str, w=W, family=None):
-    """Our sampling loop (trajectories, evaluation, the embedded default's `agd sample`), same seeds."""
+def _loop(backend, root: Path, mode: str, w=W, family=None, adapters: Path | None = None):
+    """Our sampling loop (trajectories, evaluation, the embedded default's `agd sample`), same seeds;
+    mode "cfg" runs the adapters' teacher rule."""
     family = family or load_base(backend, str(root / "base"))
-    adapters = AdapterSet.load(root / "adapters", family)
+    adapters = AdapterSet.load(adapters or root / "adapters", family)
     conditions = PIPELINES[backend][2]
     if backend == "dit-xl-2":
         cond = family.condition_batch(family.condition_arrays([{"label": c} for c in conditions]))
     else:
         cond = family.encode(conditions)  # full precision, as the pipeline encodes (stores keep float16)
-    x = sample(family, cond, SEEDS, torch.full((len(conditions),), w), SCHEDULER, STEPS, mode=mode, adapters=adapters)
+    x = sample(family, cond, SEEDS, torch.full((len(conditions),), w), SCHEDULER, STEPS, mode=mode, adapters=adapters,
+               rule=adapters.teacher)
     adapters.detach()
     if backend == "dit-xl-2":  # compare as DiTPipeline outputs: decoded to [0, 1]
         x = (family.vae.decode(x / family.vae.config.scaling_factor).sample / 2 + 0.5).clamp(0, 1)
@@ -158,6 +161,54 @@ def test_what_agd_cannot_do_is_refused_with_the_way_out(bases, kwargs, where):
     assert err.value.where == where
     assert _rel(_call(pipe, "sd21", negative_prompt=["", ""]), _loop("sd21", root, "agd")) < 1e-5  # the empty one is fine
     assert _call(pipe, "sd21", w=1.0, **kwargs) is not None  # no CFG, nothing for AGD to do: the pipeline's own
+
+
+def _with_teacher(root: Path, backend: str, rule: rules.Rule, name: str) -> Path:
+    """The saved test adapters again, recorded as distilled from `rule`."""
+    adapters = AdapterSet.load(root / "adapters", load_base(backend, str(root / "base")))
+    adapters.teacher = rule
+    adapters.save(root / name)
+    return root / name
+
+
+@pytest.mark.parametrize("backend", list(PIPELINES))
+def test_interval_adapters_run_only_inside_their_band_in_the_pipeline(bases, backend):
+    """The hook reads each step's sigma from the pipeline's scheduler: adapters on at steps 1 and 2
+    (inside the band), the plain conditional pass at steps 0 and 3, as our sampler runs the rule."""
+    root = bases[backend]
+    sigmas = noise_levels(family_scheduler(load_base(backend, str(root / "base")), SCHEDULER, STEPS))
+    band = (float(sigmas[3] + sigmas[2]) / 2, float(sigmas[1] + sigmas[0]) / 2)
+    path = _with_teacher(root, backend, rules.Interval(*band), "interval")
+    pipe = enable_agd(_pipe(backend, root), path)
+    got = _call(pipe, backend)
+    assert _rel(got, _loop(backend, root, "agd", adapters=path)) < 1e-5
+    assert _rel(got, _loop(backend, root, "agd")) > 1e-3, "the band changes nothing: the test cannot tell"
+    assert _rel(got, _loop(backend, root, "cond", w=1.0)) > 1e-3, "the adapters never ran"
+
+
+@pytest.mark.parametrize("backend", ["sd21", "sdxl"])
+def test_rescale_adapters_run_at_their_phi_and_refuse_another(bases, backend):
+    root = bases[backend]
+    path = _with_teacher(root, backend, rules.Rescale(phi=0.7), "rescale")
+    pipe = enable_agd(_pipe(backend, root), path)
+    assert _rel(_call(pipe, backend, guidance_rescale=0.7), _loop(backend, root, "agd", adapters=path)) < 1e-5
+    for other in (0.0, 0.5):
+        with pytest.raises(AGDError, match="use guidance_rescale=0.7") as err:
+            _call(pipe, backend, guidance_rescale=other)
+        assert err.value.where == "guidance_rescale"
+    # the pipeline's own CFG with that rescaling is the teacher our trajectories record
+    disable_agd(pipe)
+    assert _rel(_call(pipe, backend, guidance_rescale=0.7), _loop(backend, root, "cfg", adapters=path)) < 1e-4
+
+
+def test_adapters_of_rules_the_pipeline_cannot_run_are_refused(bases):
+    for backend, rule in (("sd21", rules.APG()), ("sdxl", rules.CFGZeroStar(zero_init_steps=1)),
+                          ("dit-xl-2", rules.Rescale(phi=0.7))):  # DiTPipeline has no guidance_rescale
+        path = _with_teacher(bases[backend], backend, rule, f"refused-{rule.name}")
+        pipe = _pipe(backend, bases[backend])
+        with pytest.raises(AGDError, match="agd sample") as err:
+            enable_agd(pipe, path)
+        assert rule.name in str(err.value) and not is_enabled(pipe)
 
 
 def test_sdxl_negative_conditioning_is_refused(bases):

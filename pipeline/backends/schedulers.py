@@ -54,9 +54,14 @@ def family_scheduler(family: Family, name: str, num_steps: int, key: str = "num_
 
 def noise_levels(scheduler) -> np.ndarray:
     """sigma of every sampler step, from the scheduler's alpha_bar (interpolated for float timesteps)."""
-    alpha_bar = scheduler.alphas_cumprod.double().numpy()
-    sigmas = np.sqrt((1 - alpha_bar) / alpha_bar)
-    return np.interp(scheduler.timesteps.double().numpy(), np.arange(len(sigmas)), sigmas)
+    return noise_level(scheduler, scheduler.timesteps.double().cpu().numpy())
+
+
+def noise_level(scheduler, timesteps):
+    """sigma = sqrt((1 - alpha_bar) / alpha_bar) at timesteps (a number or an array), interpolated
+    between the training timesteps: what the interval rule compares with its band."""
+    alpha_bar = scheduler.alphas_cumprod.double().cpu().numpy()
+    return np.interp(timesteps, np.arange(len(alpha_bar)), np.sqrt((1 - alpha_bar) / alpha_bar))
 
 
 def seeded_generators(seeds) -> list[torch.Generator]:

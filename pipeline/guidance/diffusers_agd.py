@@ -14,12 +14,20 @@ everything else it does (scheduler, steps, generators, num_images_per_prompt, ca
 types, LoRA scales) is untouched. A ControlNet is hooked the same way, so it also runs once.
 The cost over a plain conditional pass is two concatenations per step.
 
+Teacher rules (docs/teacher-rules.md): adapters distilled from plain CFG run at every step. Adapters
+distilled from the guidance interval run only at the steps whose noise level lies in their band (the
+hook reads each step's sigma from the pipeline's scheduler); elsewhere the hook runs the plain
+conditional pass, adapters off, as the rule's teacher does. Adapters distilled from rescaled CFG
+(Lin et al.) already output the rescaled prediction, so they run where the call's guidance_rescale
+equals the phi they learnt (the pipeline's rescaling of an output whose halves are equal leaves it
+as it is). Adapters of APG or CFG-Zero* need the rule's own steps: they sample in our loop.
+
 What AGD cannot do, and refuses with an error instead of silently doing something else:
 - negative prompts: the adapters were distilled from CFG whose unconditional branch is the empty
   prompt, and AGD never computes that branch, so any other negative prompt would be ignored.
   `disable_agd(pipe)` runs the pipeline's own CFG with it (two passes).
-- guidance_rescale > 0: it rescales CFG's output by the conditional branch's statistics, which one
-  AGD pass does not have.
+- a guidance_rescale other than the adapters' own (0 for all but rescale adapters): it rescales
+  CFG's output by the conditional branch's statistics, which one AGD pass does not have.
 With guidance_scale <= 1 the pipelines run the plain conditional model, and so does AGD.
 """
 
@@ -33,6 +41,7 @@ import torch
 
 from pipeline.backends import EMBEDDED, get_spec
 from pipeline.backends.loading import FAMILIES
+from pipeline.backends.schedulers import noise_level
 from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet, read_meta
 from pipeline.run.errors import AGDError
@@ -79,11 +88,15 @@ def is_enabled(pipe) -> bool:
 
 def attach(pipe, family: Family, adapters: AdapterSet):
     """enable_agd for a family and adapters already loaded around the pipeline's own denoiser."""
-    if adapters.teacher != rules.PLAIN:
-        # the pipelines combine plain CFG; a rule's steps (the interval's band, APG's momentum) are
-        # not theirs to run, so such adapters sample in our loop, which runs the rule they learnt
-        raise AGDError("adapters.json: teacher", f"adapters distilled from the {adapters.teacher.name} rule, which "
-                       "the diffusers pipelines' own CFG does not run", "sample them with `agd sample` or "
+    teacher = adapters.teacher
+    pipeline_class = getattr(pipe, _STATE).pipeline_class if is_enabled(pipe) else type(pipe)
+    runs_here = isinstance(teacher, (rules.CFG, rules.Interval)) or (
+        isinstance(teacher, rules.Rescale) and "guidance_rescale" in inspect.signature(pipeline_class.__call__).parameters)
+    if not runs_here:
+        # APG's momentum and CFG-Zero*'s zeroed steps are not the pipelines' to run (nor rescaling in a
+        # pipeline without guidance_rescale): such adapters sample in our loop, which runs their rule
+        raise AGDError("adapters.json: teacher", f"adapters distilled from the {teacher.name} rule, which "
+                       f"{pipeline_class.__name__}'s own CFG does not run", "sample them with `agd sample` or "
                        "pipeline.guidance.generate (our sampling loop runs the rule's steps)")
     disable_agd(pipe)
     state = _AGD(pipe, family, adapters)
@@ -121,7 +134,7 @@ def _agd_call(self, *args, **kwargs):
     arguments.apply_defaults()
     w = float(arguments.arguments.get("guidance_scale", 1.0))
     if w > 1:
-        _refuse_what_agd_cannot_do(arguments, state.family)
+        _refuse_what_agd_cannot_do(arguments, state.family, state.adapters.teacher)
     state.w = w
     try:
         return original(self, *args, **kwargs)
@@ -131,7 +144,7 @@ def _agd_call(self, *args, **kwargs):
         state.context = None
 
 
-def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family) -> None:
+def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family, teacher: rules.Rule) -> None:
     defaults = {name: p.default for name, p in bound.signature.parameters.items()}
     for name, value in bound.arguments.items():
         default = defaults.get(name)
@@ -146,11 +159,13 @@ def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family) ->
                        "distilled with the empty prompt there, so a negative prompt would be ignored",
                        "drop it, or call disable_agd(pipe) to run the pipeline's own CFG with it (two passes "
                        "per step)")
-    rescale = bound.arguments.get("guidance_rescale", 0.0)
-    if rescale:
-        raise AGDError("guidance_rescale", f"{rescale} needs CFG's conditional branch, which one AGD pass does "
-                       "not compute (the adapters were distilled from CFG without rescaling)",
-                       "use guidance_rescale=0.0, or disable_agd(pipe) for CFG with rescaling")
+    rescale = float(bound.arguments.get("guidance_rescale", 0.0) or 0.0)
+    learnt = teacher.phi if isinstance(teacher, rules.Rescale) else 0.0
+    if abs(rescale - learnt) > 1e-6:
+        how = f"rescaling phi = {learnt:g}" if learnt else "rescaling"
+        raise AGDError("guidance_rescale", f"{rescale:g} needs CFG's conditional branch, which one AGD pass does "
+                       f"not compute (the adapters were distilled from CFG with{'out' if not learnt else ''} {how})",
+                       f"use guidance_rescale={learnt:g}, or disable_agd(pipe) for CFG with rescaling {rescale:g}")
 
 
 def _empty_prompt(value) -> bool:
@@ -222,9 +237,19 @@ class _AGD:
             self.context = None
         t = torch.as_tensor(arguments["timestep"], device=device)
         t = t.expand(b) if t.dim() == 0 else t.reshape(-1).expand(b) if t.numel() == 1 else t
+        if not self._rule_guides(t):
+            return arguments  # outside the adapters' band: the plain conditional pass, adapters off
         cond = self.family.call_condition(arguments)
         self.adapters.begin(self.family, self._fixed(cond, b), t)
         return arguments
+
+    def _rule_guides(self, t: torch.Tensor) -> bool:
+        """Does the adapters' teacher guide at this step? The interval by the step's noise level (the
+        pipeline's scheduler's, as our sampler reads it); the other rules it runs at every step."""
+        teacher = self.adapters.teacher
+        if not isinstance(teacher, rules.Interval):
+            return True
+        return teacher.action(-1, noise_level(self.pipe.scheduler, float(t.reshape(-1)[0]))) == rules.GUIDE
 
     def _controlnet_inputs(self, arguments: dict) -> dict | None:
         if arguments.get("guess_mode"):  # the pipeline already runs it on the conditional half alone

@@ -12,6 +12,7 @@ which gives the same latents (tests/test_diffusers.py).
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -46,10 +47,15 @@ def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, s
     if guidance not in ("agd", "cfg"):
         raise AGDError("--guidance", f"{guidance!r} is not a guidance", "use agd (one pass) or cfg (two passes)")
     seeds = np.arange(len(conditions)) if seeds is None else np.asarray(seeds)
-    # adapters of a rule other than plain CFG (and that rule's two passes) run in our loop: the
-    # pipelines combine plain CFG only (diffusers_agd.attach)
-    plain = adapters.teacher == rules.PLAIN
-    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps")) if plain else None
+    # the pipelines run plain CFG, rescaled CFG (guidance_rescale) and, enabled, AGD of those and of the
+    # interval (diffusers_agd); the other rules (and the interval's two passes) run in our loop
+    teacher = adapters.teacher
+    extra = {"guidance_rescale": teacher.phi} if isinstance(teacher, rules.Rescale) else {}
+    in_pipeline = isinstance(teacher, (rules.CFG, rules.Rescale)) or (isinstance(teacher, rules.Interval)
+                                                                       and guidance == "agd")
+    pipe = family.build_pipeline(family_scheduler(family, scheduler, num_steps, "--steps")) if in_pipeline else None
+    if pipe is not None and extra and "guidance_rescale" not in inspect.signature(type(pipe).__call__).parameters:
+        pipe = None  # a pipeline without rescaling (DiTPipeline)
     if pipe is None:
         key = "label" if family.spec.condition == "class" else "caption"
         cond = family.condition_batch(family.condition_arrays([{key: c} for c in conditions]))
@@ -64,7 +70,7 @@ def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, s
         diffusers_agd.attach(pipe, family, adapters)
     try:
         out = pipe(**inputs, guidance_scale=float(w), num_inference_steps=num_steps,
-                   generator=seeded_generators(seeds), output_type="np")
+                   generator=seeded_generators(seeds), output_type="np", **extra)
     finally:
         diffusers_agd.disable_agd(pipe)
     return (np.asarray(out.images) * 255).round().astype(np.uint8)
