@@ -10,7 +10,10 @@ import json
 import numpy as np
 import pytest
 import torch
+import yaml
+from PIL import Image
 
+from pipeline import config
 from pipeline.backends.loading import load_base
 from pipeline.backends.schedulers import family_scheduler, noise_levels
 from pipeline.data import shelf
@@ -176,3 +179,49 @@ def test_plan_counts_the_passes_of_the_interval_rule(project_copy):
     assert passes[("evaluate", "agd", 20)] == 2 * 2 and passes[("evaluate", "cond", 20)] == 2 * 3
     # teacher: plain CFG (5 steps) and the interval (2 guided steps) per scale; unguided 5 + interval 3 + 3
     assert passes[("teacher", "cfg", 20)] == 2 * (5 + 2) and passes[("teacher", "cond", 20)] == 5 + 2 * 3
+
+
+TEXT_RULES = {"interval": None, "rescale": {"guidance.rescale_phi": 0.7},
+              "apg": {"guidance.apg_momentum": -0.5, "guidance.apg_norm_threshold": 1.0},
+              "cfg_zero_star": {"guidance.zero_init_steps": 1}}
+
+
+def test_every_rule_through_the_text_family(tmp_path, prepared_data, monkeypatch):
+    """The SD2-like text family (v-prediction UNet, CLIP text) under every rule: collection, training
+    and evaluation record the rule, and the teacher's passes are the rule's."""
+    from tests.test_backends import CAPTIONS, _coco, _params, _run
+    from tests.tiny_models import save_sd2_like
+
+    base = save_sd2_like(tmp_path / "base")
+    family = load_base("sd21", str(base))
+    sigmas = noise_levels(family_scheduler(family, "DDIMScheduler", 4))
+    band = [float(sigmas[3] + sigmas[2]) / 2, float(sigmas[1] + sigmas[0]) / 2]  # steps 1 and 2 of 4
+    real = tmp_path / "real"
+    real.mkdir()
+    for i in range(4):
+        Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
+    for name, extra in TEXT_RULES.items():
+        project = tmp_path / name
+        (project / "data" / "assets").mkdir(parents=True)
+        (project / "data" / "assets" / "inception-2015-12-05.pt").symlink_to(prepared_data / "assets"
+                                                                              / "inception-2015-12-05.pt")
+        captions = _coco(project / "captions.json", CAPTIONS)
+        params = _params("sd21", base, captions, {"w_min": 1.0, "w_max": 8.0})
+        params["train"].update(steps=20, checkpoint_every=10)
+        params["fid_ref"]["image_folder"] = str(real)
+        params["guidance"] = {"rule": name, **({"interval": band} if name == "interval" else {}),
+                              **{k.split(".")[1]: v for k, v in (extra or {}).items()}}
+        (project / "params.yaml").write_text(yaml.safe_dump(params))
+        monkeypatch.chdir(project)
+        for stage in ("conditions", "trajectories", "train", "fid-ref", "teacher", "evaluate"):
+            _run(project, stage)
+        rule = rules.from_params(config.load().guidance)
+        assert rule.name == name
+        store = TrajectoryStore.open(project / "data" / "store.zarr")
+        assert rules.from_identity(store.attrs["guidance"]) == rule
+        assert json.loads((project / "models" / "adapters" / "adapters.json").read_text())["teacher"] == rule.identity()
+        timing = json.loads((project / "reports" / "timing.json").read_text())["w4"]
+        expected = nfe(plan_for(family, "DDIMScheduler", 3, "cfg", rule=rule))
+        assert timing["teacher"]["nfe_per_image"] == expected
+        assert timing["agd"]["nfe_per_image"] == nfe(plan_for(family, "DDIMScheduler", 3, "agd", rule=rule))
+        assert json.loads((project / "reports" / "metrics.json").read_text())["w4"]["teacher"]["rule"]["rule"] == name
