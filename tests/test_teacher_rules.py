@@ -98,6 +98,8 @@ def test_the_interval_teacher_through_every_stage(project_copy):
         assert versus["fid_diff"]["ci_low"] <= versus["fid_diff"]["value"] <= versus["fid_diff"]["ci_high"]
         assert set(quality[key]) == {"cfg", "agd", "teacher"}
     agd(project_copy, "report")
+    results = (reports / "results.md").read_text()
+    assert f"AGD distilled from the interval rule (low {band[0]}, high {band[1]})" in results
 
     # nfe: AGD from the interval against the interval itself at equal steps, NFE and time
     set_params(project_copy, **{"nfe.num_samples": 6, "nfe.inception_samples": 6, "nfe.steps": [5],
@@ -186,27 +188,33 @@ TEXT_RULES = {"interval": None, "rescale": {"guidance.rescale_phi": 0.7},
               "cfg_zero_star": {"guidance.zero_init_steps": 1}}
 
 
-def test_every_rule_through_the_text_family(tmp_path, prepared_data, monkeypatch):
-    """The SD2-like text family (v-prediction UNet, CLIP text) under every rule: collection, training
-    and evaluation record the rule, and the teacher's passes are the rule's."""
-    from tests.test_backends import CAPTIONS, _coco, _params, _run
-    from tests.tiny_models import save_sd2_like
+FAMILY_RULES = {"sd21": list(TEXT_RULES), "sdxl": ["interval", "apg"], "dit-xl-2": ["rescale"]}
 
-    base = save_sd2_like(tmp_path / "base")
-    family = load_base("sd21", str(base))
+
+@pytest.mark.parametrize("backend", list(FAMILY_RULES))
+def test_every_rule_through_the_real_families(tmp_path, prepared_data, monkeypatch, backend):
+    """The tiny real-config families under the rules (every rule on the SD2-like text family, a
+    v-prediction UNet with CLIP text; two on the SDXL-like one, rescale on the DiT-XL/2-like one, whose rule acts on the epsilon channels alone): collection,
+    training and evaluation record the rule, and the teacher's passes are the rule's."""
+    from tests.test_backends import CAPTIONS, FAMILIES, _coco, _params, _run
+
+    save, conditions = FAMILIES[backend]
+    base = save(tmp_path / "base")
+    family = load_base(backend, str(base))
     sigmas = noise_levels(family_scheduler(family, "DDIMScheduler", 4))
     band = [float(sigmas[3] + sigmas[2]) / 2, float(sigmas[1] + sigmas[0]) / 2]  # steps 1 and 2 of 4
     real = tmp_path / "real"
     real.mkdir()
     for i in range(4):
         Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
-    for name, extra in TEXT_RULES.items():
+    for name in FAMILY_RULES[backend]:
+        extra = TEXT_RULES[name]
         project = tmp_path / name
         (project / "data" / "assets").mkdir(parents=True)
         (project / "data" / "assets" / "inception-2015-12-05.pt").symlink_to(prepared_data / "assets"
                                                                               / "inception-2015-12-05.pt")
         captions = _coco(project / "captions.json", CAPTIONS)
-        params = _params("sd21", base, captions, {"w_min": 1.0, "w_max": 8.0})
+        params = _params(backend, base, captions, conditions)
         params["train"].update(steps=20, checkpoint_every=10)
         params["fid_ref"]["image_folder"] = str(real)
         params["guidance"] = {"rule": name, **({"interval": band} if name == "interval" else {}),

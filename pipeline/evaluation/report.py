@@ -89,6 +89,32 @@ def table() -> str:
     return "\n".join(lines) + "\n\n" + " ".join(notes) + "\n"
 
 
+def teacher_table() -> str:
+    """AGD against its own two-pass teacher where the rule is not plain CFG (evaluate's `teacher` rows),
+    beside AGD against plain CFG: did distillation keep the rule's gain? "" for plain CFG."""
+    metrics, quality = _load("metrics.json"), _load("quality.json")
+    keys = [k for k in sorted(metrics, key=_scale) if "teacher" in metrics[k]]
+    if not keys:
+        return ""
+    rule = metrics[keys[0]]["teacher"]["rule"]
+    judge = "judge_fd_diff" in metrics[keys[0]]["teacher"]
+    name, label = ("judge_fd", "judge FD") if judge else ("fid", "FID")
+    settings = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "rule") or "no parameters"
+    lines = [f"AGD distilled from the {rule['rule']} rule ({settings}) against that rule's two passes (its teacher) "
+             "and plain CFG, "
+             "95 % paired intervals (negative: AGD is better):", "",
+             f"| w | {label} teacher / CFG / AGD | AGD - teacher | AGD - CFG | FID AGD - teacher |"
+             + (" accuracy teacher / AGD |" if judge else ""), "|---|---|---|---|---|" + ("---|" if judge else "")]
+    for key in keys:
+        m, q = metrics[key], quality[key]
+        row = [f"{_scale(key):g}", " / ".join(_ci(q[x][name], 2) for x in ("teacher", "cfg", "agd")),
+               _diff(m["teacher"][f"{name}_diff"], 2), _diff(m[f"{name}_diff"], 2), _diff(m["teacher"]["fid_diff"])]
+        if judge:
+            row.append(f"{q['teacher']['accuracy']:.3f} / {q['agd']['accuracy']:.3f}")
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def trade_off(metrics: dict, quality: dict) -> list[str]:
     """Precision and recall per scale (judge features where there is a judge: every sample, not the
     Inception subset): guidance trades recall for precision, and this says which one AGD gives up."""
