@@ -194,8 +194,9 @@ FAMILY_RULES = {"sd21": list(TEXT_RULES), "sdxl": ["interval", "apg"], "dit-xl-2
 @pytest.mark.parametrize("backend", list(FAMILY_RULES))
 def test_every_rule_through_the_real_families(tmp_path, prepared_data, monkeypatch, backend):
     """The tiny real-config families under the rules (every rule on the SD2-like text family, a
-    v-prediction UNet with CLIP text; two on the SDXL-like one, rescale on the DiT-XL/2-like one, whose rule acts on the epsilon channels alone): collection,
-    training and evaluation record the rule, and the teacher's passes are the rule's."""
+    v-prediction UNet with CLIP text; two on the SDXL-like one; rescale on the DiT-XL/2-like one,
+    whose rule acts on the epsilon channels alone): collection, training and evaluation record the
+    rule, and the teacher's passes are the rule's."""
     from tests.test_backends import CAPTIONS, FAMILIES, _coco, _params, _run
 
     save, conditions = FAMILIES[backend]
