@@ -23,7 +23,13 @@ rm -rf "$out"
 mkdir -p "$out"
 (cd "$work" && PATH="$OLDPWD/.venv/bin:$PATH" agd report)
 cp "$work"/reports/*.json "$work"/reports/*.csv "$work"/reports/*.md "$work"/reports/*.png "$out"/
-rm -f "$out/real_architectures.json"  # a benchmark's record, not this experiment's
+# benchmarks' records (real_architectures, dit_variance, sampling_speed_*, ...) are not this experiment's
+for f in "$out"/*.json; do
+  case "$(basename "$f")" in
+    metrics.json|quality.json|timing.json|train.json|classifier.json|sweep.json|nfe.json|samplers.json|transfer.json) ;;
+    *) rm -f "$f" ;;
+  esac
+done
 for stage in sweep nfe samplers transfer; do  # stages the experiment left off: a header, an empty summary
   if [ ! -f "$out/$stage.csv" ] || [ "$(wc -l < "$out/$stage.csv")" -le 1 ]; then rm -f "$out/$stage".*; fi
 done

@@ -110,7 +110,10 @@ def plot_nfe(out: Path) -> None:
     else:
         name = "judge_fd" if rows[0].get("judge_fd") else "fid"
         for method in METHOD_LABELS:
-            mine = sorted((r for r in rows if r["method"] == method), key=lambda r: int(r["nfe"]))
+            # a rule's equal-cost rows are more points of its curve (one per step count)
+            points = {int(r["steps"]): r for r in rows
+                      if r["method"] == method or r["method"] in (f"{method}_equal_nfe", f"{method}_equal_time")}
+            mine = sorted(points.values(), key=lambda r: int(r["nfe"]))
             if not mine:
                 continue
             y = [float(r[name]) for r in mine]
