@@ -53,9 +53,18 @@ def test_training_lowered_the_loss_and_reports_size(tiny_project):
 def test_metrics_line_up_agd_against_cfg(tiny_project):
     reports = tiny_project / "reports"
     m, q, timing = (json.loads((reports / f"{name}.json").read_text()) for name in ("metrics", "quality", "timing"))
-    assert set(m) == {"w3", "w6"} and set(q) == set(timing) == {"unguided", "w3", "w6"}
+    assert set(m) == {"w3", "w6"} and set(q) == set(timing) - {"step_seconds_per_image"} == {"unguided", "w3", "w6"}
+    # seconds come from each kind of step timed interleaved, summed over the method's 5 steps: CFG's and
+    # AGD's under the same load (not from their sampling runs, timed in different stages)
+    step = timing["step_seconds_per_image"]
+    assert min(step["cfg"], step["agd"], step["cond"]) > 0 and step["zero"] == 0  # (tiny batches: launch-bound)
+    assert timing["unguided"]["seconds_per_image"] == pytest.approx(5 * step["cond"], rel=1e-3)
+    assert timing["unguided"]["run_seconds_per_image"] > 0
     for key in ("w3", "w6"):
         assert timing[key]["cfg"]["nfe_per_image"] == 2 * timing[key]["agd"]["nfe_per_image"] == 10
+        assert timing[key]["cfg"]["seconds_per_image"] == pytest.approx(5 * step["cfg"], rel=1e-3)
+        assert timing[key]["agd"]["seconds_per_image"] == pytest.approx(5 * step["agd"], rel=1e-3)
+        assert timing[key]["time_ratio"] == pytest.approx(step["agd"] / step["cfg"], rel=1e-3)
         for method in (q[key]["cfg"], q[key]["agd"]):
             for name in ("fid", "kid", "judge_fd"):  # each distance with its interval around it
                 assert method[name]["ci_low"] <= method[name]["value"] <= method[name]["ci_high"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pytest
 import yaml
 from PIL import Image
 
@@ -23,15 +22,27 @@ TEXT_RULES = {"interval": None, "rescale": {"guidance.rescale_phi": 0.7},
               "cfg_zero_star": {"guidance.zero_init_steps": 1}}
 
 
-FAMILY_RULES = {"sd21": list(TEXT_RULES), "sdxl": ["interval", "apg"], "dit-xl-2": ["rescale"]}
+# one class per family: pytest-xdist (--dist loadscope) runs them on different workers
+class TestSD21:
+    def test_every_rule_through_the_sd21_family(self, tmp_path, prepared_data, monkeypatch):
+        every_rule_through(tmp_path, prepared_data, monkeypatch, "sd21")
 
 
-@pytest.mark.parametrize("backend", list(FAMILY_RULES))
-def test_every_rule_through_the_real_families(tmp_path, prepared_data, monkeypatch, backend):
-    """The tiny real-config families under the rules (every rule on the SD2-like text family, a
-    v-prediction UNet with CLIP text; two on the SDXL-like one; rescale on the DiT-XL/2-like one,
-    whose rule acts on the epsilon channels alone): collection, training and evaluation record the
-    rule, and the teacher's passes are the rule's."""
+class TestSDXL:
+    def test_every_rule_through_the_sdxl_family(self, tmp_path, prepared_data, monkeypatch):
+        every_rule_through(tmp_path, prepared_data, monkeypatch, "sdxl")
+
+
+class TestDiT:
+    def test_every_rule_through_the_dit_xl_2_family(self, tmp_path, prepared_data, monkeypatch):
+        every_rule_through(tmp_path, prepared_data, monkeypatch, "dit-xl-2")
+
+
+def every_rule_through(tmp_path, prepared_data, monkeypatch, backend):
+    """Every rule on each tiny real-config family (the SD2-like v-prediction UNet with CLIP text, the
+    SDXL-like one with two encoders and micro-conditioning, the DiT-XL/2-like class model whose rules
+    act on the epsilon channels alone): collection, training and evaluation record the rule, the
+    teacher's passes are the rule's, and `agd sample` runs AGD under it and the rule's own two passes."""
     from tests.test_backends import CAPTIONS, FAMILIES, _coco, _params, _run
 
     save, conditions = FAMILIES[backend]
@@ -43,7 +54,7 @@ def test_every_rule_through_the_real_families(tmp_path, prepared_data, monkeypat
     real.mkdir()
     for i in range(4):
         Image.fromarray((np.random.default_rng(i).random((16, 16, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
-    for name in FAMILY_RULES[backend]:
+    for name in TEXT_RULES:
         extra = TEXT_RULES[name]
         project = tmp_path / name
         (project / "data" / "assets").mkdir(parents=True)
@@ -69,3 +80,13 @@ def test_every_rule_through_the_real_families(tmp_path, prepared_data, monkeypat
         assert timing["teacher"]["nfe_per_image"] == expected
         assert timing["agd"]["nfe_per_image"] == nfe(plan_for(family, "DDIMScheduler", 3, "agd", rule=rule))
         assert json.loads((project / "reports" / "metrics.json").read_text())["w4"]["teacher"]["rule"]["rule"] == name
+        # agd sample: AGD under the rule (the diffusers pipeline where it runs the rule, our loop
+        # elsewhere) and the rule's own two passes, the same seeds
+        flags = ["--labels", "1,2"] if backend == "dit-xl-2" else ["--prompt", "a cat", "--prompt", "a dog"]
+        images = {}
+        for guidance in ("agd", "cfg"):
+            _run(project, "sample", *flags, "-w", "4", "--steps", "3", "--scheduler", "DDIMScheduler",
+                 "--guidance", guidance, "--out", f"{guidance}.png")
+            images[guidance] = np.asarray(Image.open(project / f"{guidance}.png")).astype(int)
+        assert images["agd"].shape == images["cfg"].shape
+        assert np.abs(images["agd"] - images["cfg"]).max() > 0, f"{name}: AGD's images are the teacher's"

@@ -62,7 +62,7 @@ def table() -> str:
     judge = any("judge_fd" in q.get("cfg", {}) for q in quality.values())
     lines = ["| w | FID CFG | FID AGD | AGD - CFG (95 % paired) | KID AGD - CFG (x1e3) |"
              + (" judge FD AGD - CFG | accuracy CFG / AGD |" if judge else "")
-             + " captured | cosine | gain | s/image CFG / AGD |",
+             + " captured | cosine | gain | s/image CFG / AGD (interleaved) |",
              "|---|---|---|---|---|" + ("---|---|" if judge else "") + "---|---|---|---|"]
     for key in sorted(metrics, key=_scale):
         m, q, t = metrics[key], quality[key], timing.get(key, {})

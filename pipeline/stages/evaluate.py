@@ -10,7 +10,11 @@ Per guidance scale, written so that `dvc metrics diff` reads the answer first:
   gap; how much of CFG's correction AGD's pass captures on fresh held-out CFG trajectories
   (captured, cosine, gain); how close AGD's images are to CFG's, seed by seed.
 - reports/quality.json: each method's own figures with intervals (and the unguided base).
-- reports/timing.json: seconds and NFE per image (they change on every run; kept apart).
+- reports/timing.json: NFE and seconds per image (they change on every run; kept apart). The seconds
+  come from each kind of step timed interleaved (pipeline.evaluation.cost, `evaluate.timing_rounds`
+  rounds) and the method's step plan, so CFG's and AGD's are measured under the same load;
+  `run_seconds_per_image` is the wall time of the sampling run itself, timed in another stage for
+  the teacher's sets, so only a rough figure.
 - reports/distillation.csv: captured, cosine and gain per scale and sampler step (a DVC plot).
 - reports/samples.png: CFG | AGD at the default scale, same seeds.
 """
@@ -23,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params
-from pipeline.evaluation import distill
+from pipeline.evaluation import cost, distill
 from pipeline.evaluation.models import load_models
 from pipeline.evaluation.sample_store import SampleStore
 from pipeline.evaluation.samples import EVALUATION_STORE, TEACHER_STORE, Generator, fill_store, held_out, read_set, teacher_method
@@ -32,6 +36,7 @@ from pipeline.evaluation.scoring import Scorer, same_seed_mse
 from pipeline.evaluation.tables import scale_key
 from pipeline.guidance import rules
 from pipeline.guidance.rules import PLAIN
+from pipeline.guidance.sampling import plan_for
 from pipeline.run import devices, distributed, files, preflight
 from pipeline.run.errors import AGDError
 from pipeline.run.progress import log
@@ -72,6 +77,20 @@ def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
                               **{m: row.get(m, "") for m in ("captured", "cosine", "gain")}})
 
 
+def step_seconds(family, adapters, gen: Generator, p, sampler: str):
+    """Seconds per image of one step of each kind (two passes, an AGD pass, a conditional pass), timed
+    interleaved on a batch of the evaluation's size, and (mode, rule) -> seconds per image of the
+    evaluation's sampler under that plan: the sum of its steps."""
+    batch = min(p.batch_size, p.num_samples)
+    cond = family.condition_batch({k: v[:batch] for k, v in gen.cond_arrays.items()})
+    log(f"evaluate: timing each kind of step ({p.timing_rounds} interleaved rounds, batch {batch})")
+    per_action = cost.action_seconds(family, adapters, cond, p.default_scale, sampler, steps=2,
+                                     rounds=p.timing_rounds)
+    log("evaluate: ms per image and step: " + ", ".join(f"{a} {s * 1e3:.2f}" for a, s in per_action.items()))
+    return per_action, lambda mode, rule: cost.plan_seconds(plan_for(family, sampler, p.num_steps, mode, rule=rule),
+                                                          per_action)
+
+
 def run(params: Params) -> None:
     from PIL import Image
 
@@ -107,7 +126,14 @@ def run(params: Params) -> None:
     held_cond, held_seeds = held_out(family, p, gen.cond_arrays)
     unguided = read_set(teacher, gen, teacher_sets(gen, p)[0], "teacher")
     quality = {"unguided": scorer.score(unguided)}
-    timing = {"unguided": {"seconds_per_image": round(unguided.seconds, 5), "nfe_per_image": unguided.nfe}}
+    per_step, seconds = step_seconds(family, adapters, gen, p, sampler)
+
+    def timed(samples, mode: str, rule_of: rules.Rule) -> dict:
+        return {"seconds_per_image": round(seconds(mode, rule_of), 7), "nfe_per_image": samples.nfe,
+                "run_seconds_per_image": round(samples.seconds, 5)}
+
+    timing = {"step_seconds_per_image": {a: round(v, 8) for a, v in per_step.items()},
+              "unguided": timed(unguided, "cond", PLAIN)}
     metrics, tables = {}, {}
     for w, agd_method in agd_methods.items():
         key = scale_key(w)
@@ -117,9 +143,9 @@ def run(params: Params) -> None:
         summary, tables[w] = distill.held_out(family, adapters, held_cond, held_seeds, w, traj.scheduler,
                                                 traj.num_steps)
         quality[key] = {"cfg": scorer.score(cfg), "agd": scorer.score(agd)}
-        timing[key] = {"cfg": {"seconds_per_image": round(cfg.seconds, 5), "nfe_per_image": cfg.nfe},
-                       "agd": {"seconds_per_image": round(agd.seconds, 5), "nfe_per_image": agd.nfe},
-                       "time_ratio": round(agd.seconds / cfg.seconds, 4)}
+        timing[key] = {"cfg": timed(cfg, "cfg", PLAIN), "agd": timed(agd, "agd", adapters.teacher)}
+        timing[key]["time_ratio"] = round(timing[key]["agd"]["seconds_per_image"]
+                                          / timing[key]["cfg"]["seconds_per_image"], 4)
         versus = scorer.compare(agd, cfg)
         versus["same_seed_mse_unguided"] = same_seed_mse(unguided, cfg)  # how far CFG moved
         versus["fid_ratio"] = round(quality[key]["agd"]["fid"]["value"] / quality[key]["cfg"]["fid"]["value"], 4)
@@ -129,7 +155,7 @@ def run(params: Params) -> None:
         if rule != PLAIN:  # AGD against the two-pass rule it distils, beside plain CFG
             quality[key]["teacher"] = scorer.score(own)
             versus["teacher"] = {"rule": rule.identity(), **scorer.compare(agd, own)}
-            timing[key]["teacher"] = {"seconds_per_image": round(own.seconds, 5), "nfe_per_image": own.nfe}
+            timing[key]["teacher"] = timed(own, "cfg", rule)
         metrics[key] = versus
         log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:
