@@ -239,7 +239,15 @@ def test_report_renders_results_from_the_reports(project_copy):
     assert f"{metrics['w3']['fid_diff']['value']:+.1f}" in rows[0]  # the figure, not a typed one
     assert len(trade_off) == 2 and f"{metrics['w3']['judge_recall_diff']['value']:+.3f}" in trade_off[0]
     assert "Made by `dvc repro` from commit" in results
+    timing = json.loads((project_copy / "reports/timing.json").read_text())
+    assert "s/image CFG / AGD (interleaved)" in results
+    assert f"{timing['w3']['cfg']['seconds_per_image']:.3f} / {timing['w3']['agd']['seconds_per_image']:.3f} |" in rows[0]
     readme = (project_copy / "README.md").read_text()
     assert "old" not in readme and results in readme and readme.endswith("<!-- results:end -->\nafter\n")
     for png in ("distillation.png", "scales.png"):
         assert Image.open(project_copy / "reports" / png).width > 400
+    # a run whose seconds were timed inside its sampling runs (before interleaved timing) shows no seconds
+    del timing["step_seconds_per_image"]
+    (project_copy / "reports/timing.json").write_text(json.dumps(timing))
+    agd(project_copy, "report")
+    assert "s/image" not in (project_copy / "reports/results.md").read_text()

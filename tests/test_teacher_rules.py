@@ -111,6 +111,24 @@ def test_the_interval_teacher_through_every_stage(project_copy):
     timed = summary["vs_interval_equal_time"]
     assert timed["seconds_per_image"] <= summary["agd_seconds"] or timed["steps"] == 1
 
+    # agd report --experiments: the rendered experiment's row in the generated summary of docs/experiments.md
+    import shutil
+
+    rendered = project_copy / "reports" / "experiments" / "interval"
+    rendered.mkdir(parents=True)
+    for name in ("metrics.json", "quality.json", "nfe.json"):
+        shutil.copy(reports / name, rendered / name)
+    doc = project_copy / "docs" / "experiments.md"
+    doc.parent.mkdir(exist_ok=True)
+    doc.write_text("before\n<!-- rules:begin (agd report --experiments) -->\nold\n<!-- rules:end -->\nafter\n")
+    agd(project_copy, "report", "--experiments")
+    text = doc.read_text()
+    assert text.startswith("before\n") and text.endswith("<!-- rules:end -->\nafter\n") and "\nold\n" not in text
+    row = next(line for line in text.splitlines() if line.startswith("| [interval]"))
+    assert f"`interval` (low {band[0]}, high {band[1]})" in row and "| 3 |" in row
+    baselines = sum(k.startswith("vs_") for k in summary)
+    assert "5 st: " in row and f"/{baselines} |" in row
+
 
 def test_apg_momentum_runs_along_each_stored_trajectory(project_copy):
     set_params(project_copy, **{"guidance.rule": "apg", "guidance.apg_momentum": -0.5,

@@ -60,10 +60,13 @@ def table() -> str:
     """Markdown: per scale AGD against CFG first, then each method's figures, timing, distillation."""
     metrics, quality, timing, train = _load("metrics.json"), _load("quality.json"), _load("timing.json"), _load("train.json")
     judge = any("judge_fd" in q.get("cfg", {}) for q in quality.values())
+    # seconds only where they were timed interleaved (reports of older runs timed the sampling runs,
+    # CFG's and AGD's in different stages under different load: no cost axis is drawn from those)
+    timed = "step_seconds_per_image" in timing
     lines = ["| w | FID CFG | FID AGD | AGD - CFG (95 % paired) | KID AGD - CFG (x1e3) |"
              + (" judge FD AGD - CFG | accuracy CFG / AGD |" if judge else "")
-             + " captured | cosine | gain | s/image CFG / AGD (interleaved) |",
-             "|---|---|---|---|---|" + ("---|---|" if judge else "") + "---|---|---|---|"]
+             + " captured | cosine | gain |" + (" s/image CFG / AGD (interleaved) |" if timed else ""),
+             "|---|---|---|---|---|" + ("---|---|" if judge else "") + "---|---|---|" + ("---|" if timed else "")]
     for key in sorted(metrics, key=_scale):
         m, q, t = metrics[key], quality[key], timing.get(key, {})
         kid = {k: (v * 1e3 if isinstance(v, float) else v) for k, v in m["kid_diff"].items()}
@@ -73,7 +76,8 @@ def table() -> str:
             row += [_diff(m["judge_fd_diff"], 2), f"{q['cfg']['accuracy']:.3f} / {q['agd']['accuracy']:.3f}"]
         row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_cosine', float('nan')):.3f}",
                 f"{m.get('correction_gain', float('nan')):.3f}"]
-        row.append(f"{t['cfg']['seconds_per_image']:.3f} / {t['agd']['seconds_per_image']:.3f}" if t else "")
+        if timed:
+            row.append(f"{t['cfg']['seconds_per_image']:.3f} / {t['agd']['seconds_per_image']:.3f}" if t else "")
         lines.append("| " + " | ".join(row) + " |")
     lines += [""] + trade_off(metrics, quality)
     unguided = quality.get("unguided", {})
@@ -209,10 +213,15 @@ def plot_scales(out: Path) -> None:
 
 def update_readme(text: str, readme: Path = Path("README.md")) -> bool:
     """Replace the block between the results markers; False when README has no markers."""
-    doc = readme.read_text()
-    if BEGIN not in doc or END not in doc:
+    return update_block(text, readme, BEGIN, END)
+
+
+def update_block(text: str, doc_path: Path, begin: str, end: str) -> bool:
+    """Replace the block between two marker lines of a document; False when it has no markers."""
+    doc = doc_path.read_text() if doc_path.exists() else ""
+    if begin not in doc or end not in doc:
         return False
-    head, rest = doc.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    files.write_text(readme, head + BEGIN + "\n" + text + END + tail)
+    head, rest = doc.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    files.write_text(doc_path, head + begin + "\n" + text + end + tail)
     return True

@@ -233,3 +233,41 @@ def plot_distillation_by_experiment(out: Path, main: Path, folders: list[Path], 
     ax.legend(fontsize=8)
     fig.suptitle("Per-step distillation on held-out CFG trajectories, by experiment")
     save_figure(fig, out)
+
+
+def _pareto(nfe: dict, judge: bool) -> str:
+    """Per step count of an nfe run: against how many of its two-pass and cheap baselines AGD is
+    significantly better ("8 st: 7/7"); "" when the experiment did not run the nfe stage."""
+    name = "judge_fd_diff" if judge else "fid_diff"
+    cells = []
+    for key in sorted(nfe, key=lambda k: int(k[len("steps"):])):
+        versus = [v[name] for k, v in nfe[key].items() if k.startswith("vs_") and name in v]
+        cells.append(f"{key[len('steps'):]} st: {sum(d['ci_high'] < 0 for d in versus)}/{len(versus)}")
+    return ", ".join(cells)
+
+
+def rules_summary(folders: list[Path]) -> str:
+    """One row per rendered experiment (and scale) whose AGD was distilled from a rule other than plain
+    CFG: AGD against its own two-pass teacher and against plain CFG (judge distance where there is a
+    judge, FID), and, where the experiment ran the nfe stage, against how many baselines AGD is
+    significantly better at each step count. "" when no experiment distilled another rule."""
+    rows = []
+    for folder in folders:
+        metrics, quality = _summary(folder / "metrics.json"), _summary(folder / "quality.json")
+        for key in sorted((k for k in metrics if "teacher" in metrics[k]), key=_scale):
+            m, q = metrics[key], quality[key]
+            rule, judge = m["teacher"]["rule"], "judge_fd_diff" in m["teacher"]
+            name = "judge_fd" if judge else "fid"
+            settings = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "rule")
+            rows.append([f"[{folder.name}](../reports/experiments/{folder.name}/results.md)",
+                         f"`{rule['rule']}`" + (f" ({settings})" if settings else ""), f"{_scale(key):g}",
+                         " / ".join(f"{q[x][name]['value']:.2f}" for x in ("teacher", "cfg", "agd")),
+                         _diff(m["teacher"][f"{name}_diff"], 2), _diff(m[f"{name}_diff"], 2),
+                         _diff(m["teacher"]["fid_diff"]), _diff(m["fid_diff"]),
+                         _pareto(_summary(folder / "nfe.json"), judge) or "-"])
+    if not rows:
+        return ""
+    lines = ["| experiment | teacher rule | w | judge FD teacher / CFG / AGD | AGD - teacher | AGD - CFG "
+             "| FID AGD - teacher | FID AGD - CFG | nfe: AGD significantly better than |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"

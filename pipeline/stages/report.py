@@ -21,16 +21,22 @@ FIGURES = (DISTILLATION_PNG, SCALES_PNG, SWEEP_PNG, NFE_PNG, SAMPLERS_PNG, TRANS
 
 
 EXPERIMENTS = Path("reports/experiments")
+EXPERIMENTS_DOC = Path("docs/experiments.md")  # its teacher-rule summary is generated, between these markers
+RULES_BEGIN, RULES_END = "<!-- rules:begin (agd report --experiments) -->", "<!-- rules:end -->"
 
 
 def experiments(params: Params) -> None:
     """reports/experiments/distillation.png: the per-step curve of the main run and of every rendered
-    experiment (scripts/experiment_report.sh), for ablations that change what the adapters learn."""
+    experiment (scripts/experiment_report.sh), for ablations that change what the adapters learn; and
+    the summary of the teacher-rule experiments in docs/experiments.md (between its markers)."""
     folders = sorted(p for p in EXPERIMENTS.iterdir() if p.is_dir()) if EXPERIMENTS.exists() else []
     out = EXPERIMENTS / "distillation.png"
     preflight.writable(out, "figure", "file")
     report_experiments.plot_distillation_by_experiment(out, Path("reports/distillation.csv"), folders)
     log(f"report: {out} ({len(folders)} experiments)")
+    summary = report_experiments.rules_summary(folders)
+    if summary and report.update_block(summary, EXPERIMENTS_DOC, RULES_BEGIN, RULES_END):
+        log(f"report: {EXPERIMENTS_DOC}: the teacher-rule experiments' summary updated")
 
 
 def run(params: Params, readme: bool = False) -> None:
