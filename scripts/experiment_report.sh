@@ -21,7 +21,8 @@ done
 out=reports/experiments/$name
 rm -rf "$out"
 mkdir -p "$out"
-(cd "$work" && PATH="$OLDPWD/.venv/bin:$PATH" agd report)
+# the results' provenance line names the experiment's commit (the render runs outside the repository)
+(cd "$work" && PATH="$OLDPWD/.venv/bin:$PATH" AGD_REPORT_COMMIT="$(git -C "$OLDPWD" rev-parse --short "$ref") (experiment $name)" agd report)
 cp "$work"/reports/*.json "$work"/reports/*.csv "$work"/reports/*.md "$work"/reports/*.png "$out"/
 # benchmarks' records (real_architectures, dit_variance, sampling_speed_*, ...) are not this experiment's
 for f in "$out"/*.json; do

@@ -246,8 +246,10 @@ def test_report_renders_results_from_the_reports(project_copy):
     assert "old" not in readme and results in readme and readme.endswith("<!-- results:end -->\nafter\n")
     for png in ("distillation.png", "scales.png"):
         assert Image.open(project_copy / "reports" / png).width > 400
-    # a run whose seconds were timed inside its sampling runs (before interleaved timing) shows no seconds
+    # a run whose seconds were timed inside its sampling runs (before interleaved timing) shows no seconds;
+    # an experiment rendered outside the repository names the commit its script hands over
     del timing["step_seconds_per_image"]
     (project_copy / "reports/timing.json").write_text(json.dumps(timing))
-    agd(project_copy, "report")
-    assert "s/image" not in (project_copy / "reports/results.md").read_text()
+    agd(project_copy, "report", env={"AGD_REPORT_COMMIT": "abc1234 (experiment x)"})
+    results = (project_copy / "reports/results.md").read_text()
+    assert "s/image" not in results and "from commit `abc1234 (experiment x)`, params.yaml" in results

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import subprocess
 from pathlib import Path
 
@@ -48,9 +49,10 @@ def provenance() -> str:
         except OSError:
             return ""
 
-    commit = git("rev-parse", "--short", "HEAD") or "no git"
-    changed = git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports",
-                  ":(exclude)dvc.lock", ":(exclude)README.md")
+    rendered = os.environ.get("AGD_REPORT_COMMIT")  # scripts/experiment_report.sh: the experiment's own commit
+    commit = rendered or git("rev-parse", "--short", "HEAD") or "no git"
+    changed = "" if rendered else git("status", "--porcelain", "--untracked-files=no", "--", ".", ":(exclude)reports",
+                                      ":(exclude)dvc.lock", ":(exclude)README.md")
     params = Path("params.yaml")
     digest = hashlib.sha256(params.read_bytes()).hexdigest()[:12] if params.exists() else "none"
     return f"commit `{commit}{'+changes' if changed else ''}`, params.yaml sha256 `{digest}`"
