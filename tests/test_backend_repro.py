@@ -2,7 +2,9 @@
 the backend (as `dvc exp run -S backend=NAME` composes it), a tiny model of the family saved with
 save_pretrained, and every stage through `report`, not `--dry` (which never reaches DVC's params check).
 
-Each family is its own class, so pytest-xdist's loadscope spreads them over the workers.
+Each family is its own class, so pytest-xdist's loadscope spreads them over the workers. DiT-XL/2 runs
+the paper's plain CFG; SD2.1 and SDXL run another teacher rule (`-S guidance.rule=...`), so a rule's
+sets, its adapters and AGD's comparison with it go through DVC's own params, deps and outputs too.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ TINY = ["base.path=models/base", "base.dtype=float32", "train.autocast=none", "t
 TEXT = ["conditions.captions_file=data/captions.json", "evaluate.captions_file=data/captions.json"]
 
 
-def _project(tmp_path: Path, dvc_template: Path, backend: str, save) -> Path:
+def _project(tmp_path: Path, dvc_template: Path, backend: str, save, *extra: str) -> Path:
     """The finished embedded-default project under DVC, switched to `backend` as a user does it."""
     project = copy_project(dvc_template, tmp_path / "project")
     shutil.copytree(ROOT / "conf", project / "conf")
@@ -42,11 +44,11 @@ def _project(tmp_path: Path, dvc_template: Path, backend: str, save) -> Path:
         Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(real / f"{i}.png")
     (project / "data/captions.json").write_text(json.dumps(
         {"images": [], "annotations": [{"id": i, "image_id": i, "caption": c} for i, c in enumerate(CAPTIONS)]}))
-    agd(project, "preset", backend, *TINY, *(TEXT if backend != "dit-xl-2" else []))
+    agd(project, "preset", backend, *TINY, *(TEXT if backend != "dit-xl-2" else []), *extra)
     return project
 
 
-def _repro_to_the_end(project: Path, backend: str) -> None:
+def _repro_to_the_end(project: Path, backend: str, rule: str = "cfg") -> None:
     tracked = {name: (project / name).read_bytes() for name in ("reports/transfer.csv", "reports/transfer.json")}
     done = dvc(project, "repro")
     assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-4000:]
@@ -60,7 +62,13 @@ def _repro_to_the_end(project: Path, backend: str) -> None:
         assert (project / name).read_bytes() == content, name
     status = dvc(project, "status")
     assert "up to date" in status.stdout, status.stdout + status.stderr
-    assert json.loads((project / "models/adapters/adapters.json").read_text())["base"]["backend"] == backend
+    saved = json.loads((project / "models/adapters/adapters.json").read_text())
+    assert saved["base"]["backend"] == backend
+    if rule != "cfg":  # the adapters distil the rule, and evaluate compares AGD with its two passes
+        assert saved["teacher"]["rule"] == rule and metrics["w4"]["teacher"]["rule"]["rule"] == rule
+        assert "fid_diff" in metrics["w4"]["teacher"]
+    else:
+        assert "teacher" not in metrics["w4"]
 
 
 class TestDiT:
@@ -71,11 +79,11 @@ class TestDiT:
 
 class TestSD21:
     def test_sd21_repro_runs_every_stage(self, tmp_path, dvc_template):
-        project = _project(tmp_path, dvc_template, "sd21", tiny_models.save_sd2_like)
-        _repro_to_the_end(project, "sd21")
+        project = _project(tmp_path, dvc_template, "sd21", tiny_models.save_sd2_like, "guidance.rule=rescale")
+        _repro_to_the_end(project, "sd21", "rescale")
 
 
 class TestSDXL:
     def test_sdxl_repro_runs_every_stage(self, tmp_path, dvc_template):
-        project = _project(tmp_path, dvc_template, "sdxl", tiny_models.save_sdxl_like)
-        _repro_to_the_end(project, "sdxl")
+        project = _project(tmp_path, dvc_template, "sdxl", tiny_models.save_sdxl_like, "guidance.rule=interval")
+        _repro_to_the_end(project, "sdxl", "interval")
