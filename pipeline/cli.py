@@ -207,7 +207,8 @@ def transfer() -> None:
 @app.command()
 def report(readme: bool = typer.Option(False, "--readme", help="also copy the table into README.md's results block."),
            experiments: bool = typer.Option(False, "--experiments", help="instead, draw the per-step distillation "
-                                            "of the main run and every experiment under reports/experiments/.")
+                                            "of the main run and every experiment under reports/experiments/, and "
+                                            "write the teacher-rule experiments' summary into docs/experiments.md.")
            ) -> None:
     """Render reports/results.md and the PNG figures from reports/ (never typed by hand), with the commit
     and params that made them."""

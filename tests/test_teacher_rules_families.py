@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import yaml
 from PIL import Image
 
@@ -14,6 +15,7 @@ from pipeline import config
 from pipeline.backends.loading import load_base
 from pipeline.backends.schedulers import family_scheduler, noise_levels
 from pipeline.data.store import TrajectoryStore
+from pipeline.evaluation import cost
 from pipeline.guidance import rules
 from pipeline.guidance.sampling import nfe, plan_for
 
@@ -75,10 +77,12 @@ def every_rule_through(tmp_path, prepared_data, monkeypatch, backend):
         store = TrajectoryStore.open(project / "data" / "store.zarr")
         assert rules.from_identity(store.attrs["guidance"]) == rule
         assert json.loads((project / "models" / "adapters" / "adapters.json").read_text())["teacher"] == rule.identity()
-        timing = json.loads((project / "reports" / "timing.json").read_text())["w4"]
-        expected = nfe(plan_for(family, "DDIMScheduler", 3, "cfg", rule=rule))
-        assert timing["teacher"]["nfe_per_image"] == expected
-        assert timing["agd"]["nfe_per_image"] == nfe(plan_for(family, "DDIMScheduler", 3, "agd", rule=rule))
+        timed = json.loads((project / "reports" / "timing.json").read_text())
+        timing, step = timed["w4"], timed["step_seconds_per_image"]
+        for method, mode in (("teacher", "cfg"), ("agd", "agd")):  # the rule's plan: NFE and seconds
+            plan = plan_for(family, "DDIMScheduler", 3, mode, rule=rule)
+            assert timing[method]["nfe_per_image"] == nfe(plan)
+            assert timing[method]["seconds_per_image"] == pytest.approx(cost.plan_seconds(plan, step), rel=1e-4)
         assert json.loads((project / "reports" / "metrics.json").read_text())["w4"]["teacher"]["rule"]["rule"] == name
         # agd sample: AGD under the rule (the diffusers pipeline where it runs the rule, our loop
         # elsewhere) and the rule's own two passes, the same seeds

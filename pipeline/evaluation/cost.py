@@ -7,6 +7,12 @@ level. So each action is timed once per machine, in rounds that run every action
 alike, which the time of one long run inside an evaluation (measured while other methods and the
 scorer share the machine) does not. Any plan's seconds per image then follow from its actions;
 `benchmarks/nfe_timing.py` times whole runs the same way and prints both, to check the sum.
+
+What a step's figure leaves out or folds in, all small beside a denoiser pass: a run's fixed cost
+(the scheduler, the seeds' noise, AGD's per-run adapter context) is spread over the timed run's
+steps; CFG and the conditional pass are timed with the adapters attached (their hooks do nothing
+outside AGD); every two-pass rule is timed as plain CFG's combination (APG's projection, the
+rescale's statistics are elementwise work on one output).
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ def action_seconds(family: Family, adapters: AdapterSet, cond: dict, w: float, s
     sync = torch.cuda.synchronize if family.device.type == "cuda" else (lambda: None)
     best = {action: float("inf") for action in TIMED}
     with adapters_on_every_step(adapters), torch.inference_mode():
-        sample(family, cond, seeds, ws, scheduler, 1, mode="agd", adapters=adapters)  # warm-up
+        for mode in TIMED.values():  # warm-up: each batch shape's first call (allocations, compiled graphs)
+            sample(family, cond, seeds, ws, scheduler, 1, mode=mode, adapters=adapters)
         for _ in range(rounds):
             for action, mode in TIMED.items():
                 start = time.perf_counter()

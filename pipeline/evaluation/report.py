@@ -35,6 +35,11 @@ def _diff(d: dict, digits: int = 1) -> str:
     return f"{d['value']:+.{digits}f} [{d['ci_low']:+.{digits}f}, {d['ci_high']:+.{digits}f}], {verdict}"
 
 
+def _ms(timed: dict) -> str:
+    """A method's milliseconds per image, three significant figures (CPU tens of ms, GPU fractions)."""
+    return f"{timed['seconds_per_image'] * 1e3:#.3g}"
+
+
 def _scale(key: str) -> float:
     return float(key[1:].replace("_", "."))
 
@@ -67,7 +72,7 @@ def table() -> str:
     timed = "step_seconds_per_image" in timing
     lines = ["| w | FID CFG | FID AGD | AGD - CFG (95 % paired) | KID AGD - CFG (x1e3) |"
              + (" judge FD AGD - CFG | accuracy CFG / AGD |" if judge else "")
-             + " captured | cosine | gain |" + (" s/image CFG / AGD (interleaved) |" if timed else ""),
+             + " captured | cosine | gain |" + (" ms/image CFG / AGD (interleaved) |" if timed else ""),
              "|---|---|---|---|---|" + ("---|---|" if judge else "") + "---|---|---|" + ("---|" if timed else "")]
     for key in sorted(metrics, key=_scale):
         m, q, t = metrics[key], quality[key], timing.get(key, {})
@@ -79,7 +84,7 @@ def table() -> str:
         row += [f"{m.get('correction_captured', float('nan')):.3f}", f"{m.get('correction_cosine', float('nan')):.3f}",
                 f"{m.get('correction_gain', float('nan')):.3f}"]
         if timed:
-            row.append(f"{t['cfg']['seconds_per_image']:.3f} / {t['agd']['seconds_per_image']:.3f}" if t else "")
+            row.append(f"{_ms(t['cfg'])} / {_ms(t['agd'])}" if t else "")
         lines.append("| " + " | ".join(row) + " |")
     lines += [""] + trade_off(metrics, quality)
     unguided = quality.get("unguided", {})

@@ -248,26 +248,28 @@ def _pareto(nfe: dict, judge: bool) -> str:
 
 def rules_summary(folders: list[Path]) -> str:
     """One row per rendered experiment (and scale) whose AGD was distilled from a rule other than plain
-    CFG: AGD against its own two-pass teacher and against plain CFG (judge distance where there is a
-    judge, FID), and, where the experiment ran the nfe stage, against how many baselines AGD is
-    significantly better at each step count. "" when no experiment distilled another rule."""
-    rows = []
-    for folder in folders:
-        metrics, quality = _summary(folder / "metrics.json"), _summary(folder / "quality.json")
-        for key in sorted((k for k in metrics if "teacher" in metrics[k]), key=_scale):
-            m, q = metrics[key], quality[key]
-            rule, judge = m["teacher"]["rule"], "judge_fd_diff" in m["teacher"]
-            name = "judge_fd" if judge else "fid"
-            settings = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "rule")
-            rows.append([f"[{folder.name}](../reports/experiments/{folder.name}/results.md)",
-                         f"`{rule['rule']}`" + (f" ({settings})" if settings else ""), f"{_scale(key):g}",
-                         " / ".join(f"{q[x][name]['value']:.2f}" for x in ("teacher", "cfg", "agd")),
-                         _diff(m["teacher"][f"{name}_diff"], 2), _diff(m[f"{name}_diff"], 2),
-                         _diff(m["teacher"]["fid_diff"]), _diff(m["fid_diff"]),
-                         _pareto(_summary(folder / "nfe.json"), judge) or "-"])
-    if not rows:
+    CFG: AGD against its own two-pass teacher and against plain CFG (the judge's feature distance where
+    every experiment has a judge, FID otherwise; FID always beside it), and, where the experiment ran
+    the nfe stage, against how many baselines AGD is significantly better at each step count. "" when
+    no experiment distilled another rule."""
+    found = [(folder, key, metrics[key], _summary(folder / "quality.json")[key])
+             for folder in folders for metrics in [_summary(folder / "metrics.json")]
+             for key in sorted((k for k in metrics if "teacher" in metrics[k]), key=_scale)]
+    if not found:
         return ""
-    lines = ["| experiment | teacher rule | w | judge FD teacher / CFG / AGD | AGD - teacher | AGD - CFG "
+    judge = all("judge_fd_diff" in m["teacher"] for _, _, m, _ in found)
+    name, label = ("judge_fd", "judge FD") if judge else ("fid", "FID")
+    lines = [f"| experiment | teacher rule | w | {label} teacher / CFG / AGD | {label} AGD - teacher | {label} AGD - CFG "
              "| FID AGD - teacher | FID AGD - CFG | nfe: AGD significantly better than |",
              "|---|---|---|---|---|---|---|---|---|"]
-    return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in rows]) + "\n"
+    for folder, key, m, q in found:
+        rule = m["teacher"]["rule"]
+        settings = ", ".join(f"{k} {v}" for k, v in rule.items() if k != "rule")
+        row = [f"[{folder.name}](../reports/experiments/{folder.name}/results.md)",
+               f"`{rule['rule']}`" + (f" ({settings})" if settings else ""), f"{_scale(key):g}",
+               " / ".join(f"{q[x][name]['value']:.2f}" for x in ("teacher", "cfg", "agd")),
+               _diff(m["teacher"][f"{name}_diff"], 2), _diff(m[f"{name}_diff"], 2),
+               _diff(m["teacher"]["fid_diff"]), _diff(m["fid_diff"]),
+               _pareto(_summary(folder / "nfe.json"), judge) or "-"]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines) + "\n"

@@ -77,6 +77,11 @@ def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
                               **{m: row.get(m, "") for m in ("captured", "cosine", "gain")}})
 
 
+def _figures(seconds: float) -> float:
+    """Six significant figures: a GPU's microseconds keep their digits as a CPU's milliseconds do."""
+    return float(f"{seconds:.6g}")
+
+
 def step_seconds(family, adapters, gen: Generator, p, sampler: str):
     """Seconds per image of one step of each kind (two passes, an AGD pass, a conditional pass), timed
     interleaved on a batch of the evaluation's size, and (mode, rule) -> seconds per image of the
@@ -84,8 +89,7 @@ def step_seconds(family, adapters, gen: Generator, p, sampler: str):
     batch = min(p.batch_size, p.num_samples)
     cond = family.condition_batch({k: v[:batch] for k, v in gen.cond_arrays.items()})
     log(f"evaluate: timing each kind of step ({p.timing_rounds} interleaved rounds, batch {batch})")
-    per_action = cost.action_seconds(family, adapters, cond, p.default_scale, sampler, steps=2,
-                                     rounds=p.timing_rounds)
+    per_action = cost.action_seconds(family, adapters, cond, p.default_scale, sampler, rounds=p.timing_rounds)
     log("evaluate: ms per image and step: " + ", ".join(f"{a} {s * 1e3:.2f}" for a, s in per_action.items()))
     return per_action, lambda mode, rule: cost.plan_seconds(plan_for(family, sampler, p.num_steps, mode, rule=rule),
                                                           per_action)
@@ -129,10 +133,10 @@ def run(params: Params) -> None:
     per_step, seconds = step_seconds(family, adapters, gen, p, sampler)
 
     def timed(samples, mode: str, rule_of: rules.Rule) -> dict:
-        return {"seconds_per_image": round(seconds(mode, rule_of), 7), "nfe_per_image": samples.nfe,
+        return {"seconds_per_image": _figures(seconds(mode, rule_of)), "nfe_per_image": samples.nfe,
                 "run_seconds_per_image": round(samples.seconds, 5)}
 
-    timing = {"step_seconds_per_image": {a: round(v, 8) for a, v in per_step.items()},
+    timing = {"step_seconds_per_image": {a: _figures(v) for a, v in per_step.items()},
               "unguided": timed(unguided, "cond", PLAIN)}
     metrics, tables = {}, {}
     for w, agd_method in agd_methods.items():

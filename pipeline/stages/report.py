@@ -34,9 +34,11 @@ def experiments(params: Params) -> None:
     preflight.writable(out, "figure", "file")
     report_experiments.plot_distillation_by_experiment(out, Path("reports/distillation.csv"), folders)
     log(f"report: {out} ({len(folders)} experiments)")
-    summary = report_experiments.rules_summary(folders)
-    if summary and report.update_block(summary, EXPERIMENTS_DOC, RULES_BEGIN, RULES_END):
+    summary = report_experiments.rules_summary(folders) or "(no rendered experiment distilled a rule other than cfg)\n"
+    if report.update_block(summary, EXPERIMENTS_DOC, RULES_BEGIN, RULES_END):
         log(f"report: {EXPERIMENTS_DOC}: the teacher-rule experiments' summary updated")
+    else:
+        log(f"report: {EXPERIMENTS_DOC} has no {RULES_BEGIN} / {RULES_END} markers: no rule summary written")
 
 
 def run(params: Params, readme: bool = False) -> None:
