@@ -254,3 +254,16 @@ def test_report_renders_results_from_the_reports(project_copy):
     agd(project_copy, "report", env={"AGD_REPORT_COMMIT": "abc1234 (experiment x)"})
     results = (project_copy / "reports/results.md").read_text()
     assert "s/image" not in results and "from commit `abc1234 (experiment x)`, params.yaml" in results
+
+
+def test_evaluate_without_step_timing(project_copy):
+    """evaluate.timing_rounds 0 (a base too slow to time on its device): no seconds are drawn from
+    anything but the runs' own wall time, and the results table shows none."""
+    set_params(project_copy, **{"evaluate.timing_rounds": 0})
+    agd(project_copy, "evaluate")
+    timing = json.loads((project_copy / "reports/timing.json").read_text())
+    assert "step_seconds_per_image" not in timing and "time_ratio" not in timing["w3"]
+    assert "seconds_per_image" not in timing["w3"]["agd"] and timing["w3"]["agd"]["run_seconds_per_image"] > 0
+    assert timing["w3"]["cfg"]["nfe_per_image"] == 10
+    agd(project_copy, "report")
+    assert "ms/image" not in (project_copy / "reports/results.md").read_text()

@@ -209,8 +209,8 @@ class EvaluateParams(Section):
     held_out_trajectories: int = key(32, "fresh CFG trajectories to measure the correction captured", gt=0)
     captions_file: str = key("", "text backends: prompts for evaluation (COCO format)")
     seed: int = key(1000, "evaluation seeds start here (far from the trajectories')")
-    timing_rounds: int = key(3, "interleaved rounds timing each kind of step (seconds per image); the fastest is kept",
-                             gt=0)
+    timing_rounds: int = key(3, "interleaved rounds timing each kind of step (seconds per image); the fastest is "
+                             "kept; 0: no timing (a base too slow to time on this device)", ge=0)
 
     def check(self) -> None:
         if self.default_scale not in self.guidance_scales:

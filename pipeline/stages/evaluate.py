@@ -130,13 +130,13 @@ def run(params: Params) -> None:
     held_cond, held_seeds = held_out(family, p, gen.cond_arrays)
     unguided = read_set(teacher, gen, teacher_sets(gen, p)[0], "teacher")
     quality = {"unguided": scorer.score(unguided)}
-    per_step, seconds = step_seconds(family, adapters, gen, p, sampler)
+    per_step, seconds = step_seconds(family, adapters, gen, p, sampler) if p.timing_rounds else ({}, None)
 
     def timed(samples, mode: str, rule_of: rules.Rule) -> dict:
-        return {"seconds_per_image": _figures(seconds(mode, rule_of)), "nfe_per_image": samples.nfe,
-                "run_seconds_per_image": round(samples.seconds, 5)}
+        return {**({"seconds_per_image": _figures(seconds(mode, rule_of))} if seconds else {}),
+                "nfe_per_image": samples.nfe, "run_seconds_per_image": round(samples.seconds, 5)}
 
-    timing = {"step_seconds_per_image": {a: _figures(v) for a, v in per_step.items()},
+    timing = {**({"step_seconds_per_image": {a: _figures(v) for a, v in per_step.items()}} if per_step else {}),
               "unguided": timed(unguided, "cond", PLAIN)}
     metrics, tables = {}, {}
     for w, agd_method in agd_methods.items():
@@ -148,8 +148,9 @@ def run(params: Params) -> None:
                                                 traj.num_steps)
         quality[key] = {"cfg": scorer.score(cfg), "agd": scorer.score(agd)}
         timing[key] = {"cfg": timed(cfg, "cfg", PLAIN), "agd": timed(agd, "agd", adapters.teacher)}
-        timing[key]["time_ratio"] = round(timing[key]["agd"]["seconds_per_image"]
-                                          / timing[key]["cfg"]["seconds_per_image"], 4)
+        if seconds:
+            timing[key]["time_ratio"] = round(timing[key]["agd"]["seconds_per_image"]
+                                              / timing[key]["cfg"]["seconds_per_image"], 4)
         versus = scorer.compare(agd, cfg)
         versus["same_seed_mse_unguided"] = same_seed_mse(unguided, cfg)  # how far CFG moved
         versus["fid_ratio"] = round(quality[key]["agd"]["fid"]["value"] / quality[key]["cfg"]["fid"]["value"], 4)
