@@ -251,6 +251,9 @@ def test_dependencies_mirror_dvc_yaml():
         assert after <= set(reruns.DEPENDS[name][1]), name
     rerun = set(reruns.reruns(work.stages(config.load(ROOT / "params.yaml")), ["train.lr"]))
     assert rerun == {"check", "train", "evaluate", "sweep", "nfe", "samplers", "transfer", "report"}
+    # evaluate's own step timing re-runs evaluate (and the report of it), not the experiment stages
+    timed = set(reruns.reruns(work.stages(config.load(ROOT / "params.yaml")), ["evaluate.timing_rounds"]))
+    assert timed == {"check", "evaluate", "report"}
 
 
 def test_tables_the_gpu_check_writes_come_first(project):

@@ -19,6 +19,10 @@ if TYPE_CHECKING:
 _BASE = ("base.backend", "base.path", "base.dtype", "base.cfg_channels")
 _SAMPLING = ("sample.compile", *_BASE, "trajectories.scheduler")
 _SCORED = ("check", "train", "fid_ref", "assets", "classifier")
+# the evaluate keys the experiment stages read: every one but timing_rounds (evaluate's own timing)
+_EVALUATED = tuple(f"evaluate.{k}" for k in ("guidance_scales", "default_scale", "num_samples", "scheduler", "num_steps",
+                                            "batch_size", "inception_samples", "bootstrap", "held_out_trajectories",
+                                            "captions_file", "seed"))
 DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # stage: (params read, stages read from)
     "check": (("",), ()),  # every key; its output is a fixed marker, so it never makes others re-run
     "assets": ((), ("check",)),
@@ -36,9 +40,9 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # stage: (param
     "evaluate": ((*_SAMPLING, "trajectories.num_steps", "train.output", "conditions.w_min", "conditions.w_max",
                   "evaluate", "guidance"), (*_SCORED, "teacher")),
     "sweep": ((*_SAMPLING, "trajectories.num_steps", "train.output", "conditions.w_min", "conditions.w_max",
-               "evaluate", "sweep"), _SCORED),
-    "nfe": ((*_SAMPLING, "train.output", "evaluate", "nfe"), _SCORED),
-    "samplers": ((*_SAMPLING, "trajectories.num_steps", "train.output", "evaluate", "samplers"), _SCORED),
+               *_EVALUATED, "sweep"), _SCORED),
+    "nfe": ((*_SAMPLING, "train.output", *_EVALUATED, "nfe"), _SCORED),
+    "samplers": ((*_SAMPLING, "trajectories.num_steps", "train.output", *_EVALUATED, "samplers"), _SCORED),
     "transfer": (("base", "pretrain.label_drop", "pretrain.min_snr_gamma", "pretrain.seed", "trajectories", "train",
                   "guidance", "evaluate.seed", "evaluate.num_samples", "evaluate.held_out_trajectories", "transfer"),
                  ("check", "trajectories", "prepare")),
