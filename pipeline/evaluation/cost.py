@@ -26,6 +26,7 @@ from pipeline.backends.family import Family
 from pipeline.guidance import rules
 from pipeline.guidance.adapters import AdapterSet
 from pipeline.guidance.sampling import sample
+from pipeline.run.progress import log
 
 # action -> the sampling mode whose every step is that action (a reused step is one conditional
 # pass and a combination: timed as the conditional pass)
@@ -63,6 +64,16 @@ def action_seconds(family: Family, adapters: AdapterSet, cond: dict, w: float, s
                 sync()
                 best[action] = min(best[action], (time.perf_counter() - start) / (steps * n))
     return {**best, **{action: best[same] for action, same in SAME_AS.items()}, "zero": 0.0}
+
+
+def stage_action_seconds(stage: str, family: Family, adapters: AdapterSet, cond_arrays: dict, batch: int, w: float,
+                         scheduler: str, rounds: int) -> dict[str, float]:
+    """`action_seconds` on the first `batch` of a stage's condition arrays, with the stage's log lines."""
+    cond = family.condition_batch({k: v[:batch] for k, v in cond_arrays.items()})
+    log(f"{stage}: timing each kind of step ({rounds} interleaved rounds, batch {batch})")
+    per_action = action_seconds(family, adapters, cond, w, scheduler, rounds=rounds)
+    log(f"{stage}: ms per image and step: " + ", ".join(f"{a} {s * 1e3:.2f}" for a, s in per_action.items()))
+    return per_action
 
 
 def plan_seconds(plan: list[str], per_action: dict[str, float]) -> float:

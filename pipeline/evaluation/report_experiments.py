@@ -252,9 +252,11 @@ def rules_summary(folders: list[Path]) -> str:
     every experiment has a judge, FID otherwise; FID always beside it), and, where the experiment ran
     the nfe stage, against how many baselines AGD is significantly better at each step count. "" when
     no experiment distilled another rule."""
-    found = [(folder, key, metrics[key], _summary(folder / "quality.json")[key])
-             for folder in folders for metrics in [_summary(folder / "metrics.json")]
-             for key in sorted((k for k in metrics if "teacher" in metrics[k]), key=_scale)]
+    found = []
+    for folder in folders:  # each experiment's reports read once
+        metrics, quality = _summary(folder / "metrics.json"), _summary(folder / "quality.json")
+        found += [(folder, key, metrics[key], quality[key])
+                  for key in sorted((k for k in metrics if "teacher" in metrics[k]), key=_scale)]
     if not found:
         return ""
     judge = all("judge_fd_diff" in m["teacher"] for _, _, m, _ in found)

@@ -86,11 +86,8 @@ def step_seconds(family, adapters, gen: Generator, p, sampler: str):
     """Seconds per image of one step of each kind (two passes, an AGD pass, a conditional pass), timed
     interleaved on a batch of the evaluation's size, and (mode, rule) -> seconds per image of the
     evaluation's sampler under that plan: the sum of its steps."""
-    batch = min(p.batch_size, p.num_samples)
-    cond = family.condition_batch({k: v[:batch] for k, v in gen.cond_arrays.items()})
-    log(f"evaluate: timing each kind of step ({p.timing_rounds} interleaved rounds, batch {batch})")
-    per_action = cost.action_seconds(family, adapters, cond, p.default_scale, sampler, rounds=p.timing_rounds)
-    log("evaluate: ms per image and step: " + ", ".join(f"{a} {s * 1e3:.2f}" for a, s in per_action.items()))
+    per_action = cost.stage_action_seconds("evaluate", family, adapters, gen.cond_arrays,
+                                           min(p.batch_size, p.num_samples), p.default_scale, sampler, p.timing_rounds)
     return per_action, lambda mode, rule: cost.plan_seconds(plan_for(family, sampler, p.num_steps, mode, rule=rule),
                                                           per_action)
 

@@ -103,11 +103,8 @@ def run(params: Params) -> None:
     scorer = Scorer(gen.layout, settings, gen.cond_arrays.get("labels"))
     guidance = Guidance(reuse=p.reuse)
     band, w, teacher = (p.interval[0], p.interval[1]), p.guidance_scale, adapters.teacher
-    batch = min(settings.batch_size, p.num_samples)
-    timing_cond = family.condition_batch({k: v[:batch] for k, v in gen.cond_arrays.items()})
-    log(f"nfe: timing each kind of step ({p.timing_rounds} interleaved rounds, batch {batch})")
-    per_action = cost.action_seconds(family, adapters, timing_cond, w, sampler, rounds=p.timing_rounds)
-    log("nfe: ms per image and step: " + ", ".join(f"{a} {s * 1e3:.2f}" for a, s in per_action.items()))
+    per_action = cost.stage_action_seconds("nfe", family, adapters, gen.cond_arrays,
+                                           min(settings.batch_size, p.num_samples), w, sampler, p.timing_rounds)
 
     def plan(r: Run) -> list[str]:
         return plan_for(family, sampler, r.steps, r.mode, guidance, teacher if r.mode == "agd" else r.rule)
