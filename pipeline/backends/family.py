@@ -201,6 +201,24 @@ class Weights:
         return self
 
 
+NEGATIVE = "negative_"  # prefix of a negative condition's arrays beside the condition's own
+
+
+def split_negative(cond: dict) -> tuple[dict, dict | None]:
+    """A condition batch -> (the condition, its negative condition or None).
+
+    A negative condition (the negative class, the negative prompt) rides in the same dict under the
+    condition's keys prefixed `negative_`: so stores, loaders and batches carry it without knowing of
+    it, and it replaces the unconditional branch wherever CFG computes one (`Conditions.unconditional`)."""
+    own = {k: v for k, v in cond.items() if not k.startswith(NEGATIVE)}
+    negative = {k[len(NEGATIVE):]: v for k, v in cond.items() if k.startswith(NEGATIVE)}
+    return own, negative or None
+
+
+def has_negative(cond: dict) -> bool:
+    return any(k.startswith(NEGATIVE) for k in cond)
+
+
 class Conditions:
     """Conditions file items -> arrays stored per trajectory -> tensors the denoiser takes."""
 
@@ -216,6 +234,29 @@ class Conditions:
         """The unconditional branch's condition for a batch (null class, empty prompt)."""
         raise NotImplementedError
 
+    def unconditional(self, cond: dict) -> dict:
+        """CFG's second branch for a batch: its negative condition where it carries one, else the null."""
+        own, negative = split_negative(cond)
+        return negative if negative is not None else self.null_condition(own)
+
+    def with_negatives(self, items: list[dict], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """`arrays` (condition_arrays of `items`) plus the items' negative conditions as `negative_*`
+        arrays, when any item has a "negative" entry (a label or caption; None: no negative, which is
+        stored as the null condition, so one batch holds samples with and without one)."""
+        if not any("negative" in i for i in items):
+            return arrays
+        key = "label" if self.spec.condition == "class" else "caption"
+        first = self.condition_batch({k: v[:1] for k, v in arrays.items()})
+        null = {k: v[:1].float().cpu().numpy().astype(arrays[k].dtype) if v.is_floating_point()
+                else v[:1].cpu().numpy().astype(arrays[k].dtype) for k, v in self.null_condition(first).items()}
+        out = {k: np.repeat(v, len(items), axis=0) for k, v in null.items()}
+        rows = [r for r, i in enumerate(items) if i.get("negative") is not None]
+        if rows:
+            given = self.condition_arrays([{key: items[r]["negative"]} for r in rows])
+            for k in out:
+                out[k][rows] = given[k]
+        return {**arrays, **{NEGATIVE + k: v for k, v in out.items()}}
+
     def release_text_encoders(self) -> None:
         """Free the text encoders once every prompt a stage needs is encoded (text families)."""
 
@@ -230,7 +271,8 @@ class Denoising:
 
     def branches(self, x: torch.Tensor, t: torch.Tensor, cond: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The conditional and unconditional outputs in one batched pass of 2B samples."""
-        null = self.null_condition(cond)
+        null = self.unconditional(cond)  # the negative condition where the batch has one
+        cond, _ = split_negative(cond)
         first, second = (cond, null) if self.spec.cfg_layout == "cond_null" else (null, cond)
         both = {k: torch.cat([first[k], second[k]]) for k in cond}
         out = self.forward(torch.cat([x, x]), torch.cat([t, t]), both)

@@ -37,7 +37,8 @@ def expected(params: Params) -> DagParams:
         conditions = model_config(base.path)
         evaluate = JUDGE if embedded else base.path
     return DagParams(mnist=["mnist"] if embedded else [], fid_ref=fid_ref.image_folder or MNIST_DATA,
-                     conditions=conditions, evaluate=evaluate, train_images=MNIST_DATA if embedded else base.path)
+                     conditions=conditions, evaluate=evaluate, train_images=MNIST_DATA if embedded else base.path,
+                     negatives=cond.negatives_file)
 
 
 def check(params: Params) -> None:

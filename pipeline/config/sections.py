@@ -27,6 +27,8 @@ class DagParams(Section):
                         "digit judge, the evaluation captions, or (DiT) the model itself")
     train_images: str = key("data/mnist.npz", "the real images trajectories.data: forward_noised noises, or the "
                             "model itself where that ablation is not built")
+    negatives: str = key("conf/negatives.txt", "conditions.negatives_file (text backends draw negative prompts "
+                         "from it; class backends draw other classes)")
 
 
 class BaseParams(Section):
@@ -108,6 +110,11 @@ class ConditionsParams(Section):
     max_trajectories: int = key(0, "0: all; N > 0 keeps the first N (quick checks: the same first N as a full run)",
                                 ge=0, fix="use 0 (all) or the number of trajectories to keep")
     seed: int = key(0, "conditions, guidance scales and noise seeds")
+    negative_share: float = key(0.0, "share of trajectories given a negative condition, which replaces CFG's "
+                                "unconditional branch (class models: another class; text models: a line of "
+                                "negatives_file); 0: none, the paper's setting", ge=0, le=1)
+    negatives_file: str = key("conf/negatives.txt", "text backends: negative prompts, one per line ('#' starts "
+                              "a comment)")
 
     def check(self) -> None:
         if self.w_min > self.w_max:
@@ -209,6 +216,9 @@ class EvaluateParams(Section):
     held_out_trajectories: int = key(32, "fresh CFG trajectories to measure the correction captured", gt=0)
     captions_file: str = key("", "text backends: prompts for evaluation (COCO format)")
     seed: int = key(1000, "evaluation seeds start here (far from the trajectories')")
+    negative_samples: int = key(500, "adapters trained with negatives: samples with a negative condition, AGD "
+                                "against CFG with it at default_scale (pipeline/evaluation/negatives.py); 0: off",
+                                ge=0, fix="use 0 (off) or a count")
     timing_rounds: int = key(3, "interleaved rounds timing each kind of step (seconds per image); the fastest is "
                              "kept; 0: no timing (a base too slow to time on this device)", ge=0)
 

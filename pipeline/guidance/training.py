@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from pipeline.backends.family import NEGATIVE
 from pipeline.data.background import Prefetcher
 from pipeline.data.loader import ShuffleBuffer
 from pipeline.data.store import TrajectoryStore
@@ -42,8 +43,10 @@ def fit(family: Family, store: TrajectoryStore, p, checkpoint_path: Path | None,
     Returns the adapters (attached to family), the loss per step and their size summary."""
     world = distributed.world()
     distributed.check_split(p.batch_size, world.size)  # under a launcher that did not check it
+    # a store whose conditions carry negatives (conditions.negative_share > 0) trains adapters that read them
+    negatives = any(name.startswith(NEGATIVE) for name in store.cond_names)
     adapters = AdapterSet(family, p.architecture, p.width, p.heads, p.fourier_features, p.seed, p.mlp,
-                          p.w_gate).attach(family)
+                          p.w_gate, negatives).attach(family)
     adapters.teacher = rules.from_identity(store.attrs.get("guidance"))  # what the store's targets came from
     if p.gradient_checkpointing:
         family.denoiser.enable_gradient_checkpointing()

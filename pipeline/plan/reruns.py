@@ -38,7 +38,7 @@ DEPENDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {  # stage: (param
                                                            "captions_file")), "guidance"),
                 ("check", "assets", "classifier")),
     "evaluate": ((*_SAMPLING, "trajectories.num_steps", "train.output", "conditions.w_min", "conditions.w_max",
-                  "evaluate", "guidance"), (*_SCORED, "teacher")),
+                  "conditions.negatives_file", "evaluate", "guidance"), (*_SCORED, "teacher")),
     "sweep": ((*_SAMPLING, "trajectories.num_steps", "train.output", "conditions.w_min", "conditions.w_max",
                *_EVALUATED, "sweep"), _SCORED),
     "nfe": ((*_SAMPLING, "train.output", *_EVALUATED, "nfe"), _SCORED),

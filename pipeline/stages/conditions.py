@@ -1,5 +1,6 @@
 """Stage `conditions`: per trajectory a condition (the model's classes in turn, or captions drawn from
-conditions.captions_file), a guidance scale w ~ U[w_min, w_max] and a noise seed (pipeline.data.conditions)."""
+conditions.captions_file), a guidance scale w ~ U[w_min, w_max], a noise seed and, with
+conditions.negative_share > 0, a negative condition or none (pipeline.data.conditions)."""
 
 from __future__ import annotations
 
@@ -27,8 +28,13 @@ def run(params: Params, output: Path = conditions.CONDITIONS_FILE) -> None:
             raise AGDError(model_config(base.path), f"the base has {classes} classes, backend {spec.name} "
                            f"has {spec.num_classes}", "point base.path at a model of this backend")
         items = [{"label": int(c)} for c in np.repeat(np.arange(classes), p.per_class)]
+        negatives = {"share": p.negative_share, "seed": p.seed, "classes": classes}
     else:
         items = [{"caption": c} for c in sample_captions(Path(p.captions_file), p.num_captions, rng)]
-    doc = conditions.draw(spec.name, spec.condition, items, p.w_min, p.w_max, rng, p.max_trajectories)
+        negatives = {"share": p.negative_share, "seed": p.seed}
+        if p.negative_share > 0:
+            negatives.update(source=p.negatives_file, prompts=conditions.read_negatives(Path(p.negatives_file)))
+    doc = conditions.draw(spec.name, spec.condition, items, p.w_min, p.w_max, rng, p.max_trajectories, negatives)
     conditions.write(doc, output)
-    log(f"conditions: {len(doc['items'])} trajectories, w ~ U[{p.w_min}, {p.w_max}] -> {output}")
+    given = f", {doc['negatives']['given']} with a negative" if "negatives" in doc else ""
+    log(f"conditions: {len(doc['items'])} trajectories{given}, w ~ U[{p.w_min}, {p.w_max}] -> {output}")

@@ -15,6 +15,8 @@ Per guidance scale, written so that `dvc metrics diff` reads the answer first:
   rounds) and the method's step plan, so CFG's and AGD's are measured under the same load;
   `run_seconds_per_image` is the wall time of the sampling run itself, timed in another stage for
   the teacher's sets, so only a rough figure.
+- with adapters trained with negative conditions, metrics.json's default scale also holds `negatives`:
+  AGD with a negative against CFG with it (pipeline.evaluation.negatives).
 - reports/distillation.csv: captured, cosine and gain per scale and sampler step (a DVC plot).
 - reports/samples.png: CFG | AGD at the default scale, same seeds.
 """
@@ -27,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import Params
-from pipeline.evaluation import cost, distill
+from pipeline.evaluation import cost, distill, negatives
 from pipeline.evaluation.models import load_models
 from pipeline.evaluation.sample_store import SampleStore
 from pipeline.evaluation.samples import EVALUATION_STORE, TEACHER_STORE, Generator, fill_store, held_out, read_set, teacher_method
@@ -158,6 +160,9 @@ def run(params: Params) -> None:
             quality[key]["teacher"] = scorer.score(own)
             versus["teacher"] = {"rule": rule.identity(), **scorer.compare(agd, own)}
             timing[key]["teacher"] = timed(own, "cfg", rule)
+        if adapters.negatives and p.negative_samples and w == p.default_scale:
+            versus["negatives"] = negatives.figures(gen, p, w, rule, cond_p.negatives_file, traj.scheduler,
+                                                    traj.num_steps)
         metrics[key] = versus
         log(f"evaluate: w={w:g} {versus}")
         if w == p.default_scale:

@@ -118,7 +118,7 @@ def run(params: Params) -> None:
     n = len(items)
     w_all = np.array([i["w"] for i in items], np.float32)
     seeds = np.array([i["seed"] for i in items], np.int64)
-    cond_all = family.condition_arrays(items)
+    cond_all = family.with_negatives(items, family.condition_arrays(items))  # negative_* arrays: CFG's 2nd branch
     images = forward_noised.training_images(family, items) if p.data == "forward_noised" else None
     family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
     attrs = expected_attrs(family, p.scheduler, p.num_steps, p.data, cond_doc, rules.recorded(rule))

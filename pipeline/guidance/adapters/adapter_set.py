@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from pipeline.backends.family import split_negative
 from pipeline.guidance import rules
 from pipeline.guidance.adapters import saved
 from pipeline.guidance.adapters.cross_attention import CrossAttentionAdapter
@@ -48,10 +49,16 @@ class AdapterSet(nn.Module):
     """All adapters of one base model, the shared w embedding, and the hooks that apply them."""
 
     def __init__(self, family: Family, architecture: str = "cross_attention", width: int = 16, heads: int = 2,
-                 fourier_features: int = 32, seed: int = 0, mlp: int = 0, w_gate: bool = False):
+                 fourier_features: int = 32, seed: int = 0, mlp: int = 0, w_gate: bool = False,
+                 negatives: bool = False):
         super().__init__()
         self.config = {"architecture": architecture, "width": width, "heads": heads,
                        "fourier_features": fourier_features, "seed": seed, "mlp": mlp, "w_gate": w_gate}
+        if negatives:  # recorded only when set: adapter files without negatives stay as they were
+            self.config["negatives"] = True
+        # negatives: the adapters also read a negative condition (the negative class or prompt; the null
+        # condition when a sample has none), the unconditional branch of the CFG they learn
+        self.negatives = negatives
         # w_gate (ours): every adapter's output is multiplied by (w - 1). CFG's correction is
         # (w - 1) (cond - uncond): with the gate the adapters learn the direction once for all w
         # instead of a size that grows fivefold across the training range through a LayerNorm'd
@@ -61,6 +68,9 @@ class AdapterSet(nn.Module):
         # the teacher rule the adapters learn (fit sets it from the store): sampling runs the adapters
         # where that rule guides, and the conditional pass alone where it does not (the interval)
         self.teacher: rules.Rule = rules.PLAIN
+        # a store whose conditions carry negatives trains adapters that read them; a set without them is
+        # refused a negative (context), except where a caller knows the negative is the null (evaluation)
+        self.ignores_negative = False
         torch.manual_seed(seed)
         t_dim, c_dim = family.embedding_dims
         self.targets = [name for name, _ in family.adapter_targets()]
@@ -72,6 +82,9 @@ class AdapterSet(nn.Module):
             _key(name): self.architecture(_output_dim(modules[name]), width, w_dim, t_dim, c_dim, heads, mlp)
             for name in self.targets
         })
+        if negatives:  # after every other layer: the rest starts as a set without negatives would
+            for adapter in self.adapters.values():
+                adapter.add_negative(c_dim)
         self.base_identity = family.identity()
         self._family = family  # for the half-precision fingerprints `save` records
         self.base_parameters = family.num_parameters()
@@ -105,22 +118,29 @@ class AdapterSet(nn.Module):
             if self.fused:
                 in_block, ctx = self._step[key]
                 return in_block(ctx, hidden, output)
-            w_emb, t_emb, c_tokens, gate = self._step["reference"]
-            delta = self.adapters[key](hidden.to(w_emb.dtype), w_emb, t_emb, c_tokens)
+            w_emb, t_emb, c_tokens, n_tokens, gate = self._step["reference"]
+            delta = self.adapters[key](hidden.to(w_emb.dtype), w_emb, t_emb, c_tokens, n_tokens)
             if gate is not None:
                 delta = delta * gate.view(-1, *([1] * (delta.dim() - 1)))
             return output + delta.to(output.dtype)
         return hook
 
     def context(self, family: Family, cond: dict, w: torch.Tensor, stacks: dict | None = None) -> Fixed:
-        """What the adapters compute from the condition and w alone: once per sample run."""
+        """What the adapters compute from the condition (its negative) and w alone: once per sample run."""
+        own, negative = split_negative(cond)
+        if negative is not None and not self.negatives and not self.ignores_negative:
+            raise AGDError("negative condition", "these adapters were trained without negative conditions, so "
+                           "they cannot apply one (their CFG's unconditional branch was always the null "
+                           "condition)", "sample without a negative, use CFG (two passes) for it, or train "
+                           "adapters with conditions.negative_share > 0")
         with torch.no_grad():
-            c_tokens = family.adapter_condition(cond)
+            c_tokens = family.adapter_condition(own)
+            n_tokens = family.adapter_condition(family.unconditional(cond)) if self.negatives else None
         w = w.to(family.device)
         w_emb = self.guidance(w)
         gate = (w - 1).to(w_emb.dtype) if self.w_gate else None
         return self.architecture.prepare(stacks or self.stacks.get(), w_emb, c_tokens.to(w_emb.dtype), gate,
-                                         len(self.targets))
+                                         len(self.targets), None if n_tokens is None else n_tokens.to(w_emb.dtype))
 
     def begin(self, family: Family, fixed: Fixed, t: torch.Tensor, stacks: dict | None = None) -> None:
         """Arm the hooks for the denoiser's next pass at timesteps t (B,); `release` disarms them.
@@ -132,8 +152,8 @@ class AdapterSet(nn.Module):
             return
         with torch.no_grad():
             t_emb = family.adapter_time(t)
-        w_emb, c_tokens = fixed.reference
-        self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, fixed.gate)}
+        w_emb, c_tokens, n_tokens = fixed.reference
+        self._step = {"reference": (w_emb, t_emb.to(w_emb.dtype), c_tokens, n_tokens, fixed.gate)}
 
     def step(self, family: Family, fixed: Fixed, x, t, cond, stacks: dict | None = None) -> torch.Tensor:
         """One pass of the base with the adapters, given `context`'s result for these samples.

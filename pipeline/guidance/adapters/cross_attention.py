@@ -28,7 +28,8 @@ from pipeline.guidance.adapters.layers import Fixed, add, stack, stack_token_pro
 
 
 class CrossAttentionAdapter(nn.Module):
-    """The wrapped module's input tokens attend to [w-token, t-token, condition token(s)].
+    """The wrapped module's input tokens attend to [w-token, t-token, condition token(s)], and, in a
+    set trained with negative conditions, the negative condition's token(s) after them.
 
     With `mlp` > 0 (ours, not the paper's) the attention result does not go straight to the output:
     it shifts a hidden layer of `mlp * width` units computed from each token's own features,
@@ -50,9 +51,16 @@ class CrossAttentionAdapter(nn.Module):
         self.mlp = mlp
         self.to_out = zero(nn.Linear(hidden_units, dim))
 
-    def forward(self, hidden, w_emb, t_emb, c_tokens):
+    def add_negative(self, c_dim: int) -> None:
+        """The negative condition's tokens as more keys and values, through their own projection (the
+        adapter must tell the condition from the negative). Added after every other layer of the set
+        (AdapterSet), so the rest starts as a set without negatives of the same seed does."""
+        self.n_proj = nn.Linear(c_dim, self.w_proj.out_features)
+
+    def forward(self, hidden, w_emb, t_emb, c_tokens, n_tokens=None):
         """The per-block reference: every step, in the block."""
-        kv = torch.cat([self.w_proj(w_emb)[:, None], self.t_proj(t_emb)[:, None], self.c_proj(c_tokens)], dim=1)
+        parts = [self.w_proj(w_emb)[:, None], self.t_proj(t_emb)[:, None], self.c_proj(c_tokens)]
+        kv = torch.cat(parts + ([self.n_proj(n_tokens)] if n_tokens is not None else []), dim=1)
         kv = self.norm_kv(kv)
         b, n, _ = hidden.shape
 
@@ -82,10 +90,13 @@ class CrossAttentionAdapter(nn.Module):
         return s
 
     @staticmethod
-    def prepare(s: dict, w_emb: torch.Tensor, c_tokens: torch.Tensor, gate, a: int) -> Fixed:
-        """Keys and values of the w and condition tokens of every adapter, once per sample run."""
-        wc = torch.cat([tokens(s, "w_proj", w_emb, a)[:, None], tokens(s, "c_proj", c_tokens, a)], dim=1)
-        return Fixed(gate, _keys_values(s, wc), None, (w_emb, c_tokens))
+    def prepare(s: dict, w_emb: torch.Tensor, c_tokens: torch.Tensor, gate, a: int,
+                n_tokens: torch.Tensor | None = None) -> Fixed:
+        """Keys and values of the w, condition (and negative) tokens of every adapter, once per sample run."""
+        parts = [tokens(s, "w_proj", w_emb, a)[:, None], tokens(s, "c_proj", c_tokens, a)]
+        if n_tokens is not None:
+            parts.append(tokens(s, "n_proj", n_tokens, a))
+        return Fixed(gate, _keys_values(s, torch.cat(parts, dim=1)), None, (w_emb, c_tokens, n_tokens))
 
     @staticmethod
     def per_step(fixed: Fixed, t_emb: torch.Tensor, s: dict, keys: list[str],

@@ -52,9 +52,9 @@ class Fixed:
     """What depends on (w, c) alone: computed once per sample run (or per training batch)."""
 
     gate: torch.Tensor | None  # (B,) w - 1, or None without the gate
-    kv: torch.Tensor | None  # cross-attention: (B, 1 + L, A, 2 * width) keys and values of the w and c tokens
+    kv: torch.Tensor | None  # cross-attention: (B, 1 + L (+ L), A, 2 * width) keys and values of w, c (and n) tokens
     offset: torch.Tensor | None  # offset: (B, A, width) w and condition parts of the first layer
-    reference: tuple  # (w_emb, c_tokens): the per-block reference path's inputs (AdapterSet.fused = False)
+    reference: tuple  # (w_emb, c_tokens, n_tokens or None): the per-block reference path's inputs (fused = False)
 
 
 # One adapter's work in its block: (context, the module's input tokens, the module's output) -> output.
@@ -66,14 +66,15 @@ def stack(tensors) -> torch.Tensor:
 
 
 def stack_token_projections(mods) -> dict:
-    """The w-, t- and c-token projections of every adapter as one matrix each: (A * width, in)."""
+    """The w-, t-, c- (and negative) token projections of every adapter as one matrix each: (A * width, in)."""
+    names = ("w_proj", "t_proj", "c_proj") + (("n_proj",) if hasattr(mods[0], "n_proj") else ())
     return {name: (stack(getattr(m, name).weight for m in mods).flatten(0, 1),
                    stack(getattr(m, name).bias for m in mods).flatten(0, 1))
-            for name in ("w_proj", "t_proj", "c_proj")}
+            for name in names}
 
 
 def tokens(s: dict, name: str, x: torch.Tensor, a: int) -> torch.Tensor:
-    """One projection (w, t or c) for all adapters: (..., in) -> (..., A, width)."""
+    """One projection (w, t, c or n) for all adapters: (..., in) -> (..., A, width)."""
     out = F.linear(x, *s[name])
     return out.view(*out.shape[:-1], a, -1)
 

@@ -20,6 +20,10 @@ class OffsetAdapter(nn.Module):
         # a Sequential (silu, hidden, silu, output) for the saved files' parameter names (mlp.1, mlp.3)
         self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(width, width), nn.SiLU(), zero(nn.Linear(width, dim)))
 
+    def add_negative(self, c_dim: int) -> None:
+        """The negative condition's (mean) token through its own projection (see CrossAttentionAdapter)."""
+        self.n_proj = nn.Linear(c_dim, self.w_proj.out_features)
+
     @property
     def hidden_layer(self) -> nn.Linear:
         return self.mlp[1]
@@ -28,9 +32,11 @@ class OffsetAdapter(nn.Module):
     def output_layer(self) -> nn.Linear:
         return self.mlp[3]
 
-    def forward(self, hidden, w_emb, t_emb, c_tokens):
+    def forward(self, hidden, w_emb, t_emb, c_tokens, n_tokens=None):
         """The per-block reference: every step, in the block."""
         h = self.w_proj(w_emb) + self.t_proj(t_emb) + self.c_proj(c_tokens.mean(dim=1))
+        if n_tokens is not None:
+            h = h + self.n_proj(n_tokens.mean(dim=1))
         return self.mlp(h).unsqueeze(1)
 
     # --- fused: once per pass, for all adapters (layers.py) -----------------------------------------
@@ -41,10 +47,13 @@ class OffsetAdapter(nn.Module):
         return s
 
     @staticmethod
-    def prepare(s: dict, w_emb: torch.Tensor, c_tokens: torch.Tensor, gate, a: int) -> Fixed:
-        """The w and condition parts of the first layer, once per sample run."""
+    def prepare(s: dict, w_emb: torch.Tensor, c_tokens: torch.Tensor, gate, a: int,
+                n_tokens: torch.Tensor | None = None) -> Fixed:
+        """The w, condition (and negative) parts of the first layer, once per sample run."""
         offset = tokens(s, "w_proj", w_emb, a) + tokens(s, "c_proj", c_tokens.mean(dim=1), a)
-        return Fixed(gate, None, offset, (w_emb, c_tokens))
+        if n_tokens is not None:
+            offset = offset + tokens(s, "n_proj", n_tokens.mean(dim=1), a)
+        return Fixed(gate, None, offset, (w_emb, c_tokens, n_tokens))
 
     @staticmethod
     def per_step(fixed: Fixed, t_emb: torch.Tensor, s: dict, keys: list[str], mods: list["OffsetAdapter"]) -> dict:

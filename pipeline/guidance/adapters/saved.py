@@ -31,6 +31,9 @@ HEADER_KEY = "agd_adapters"  # the weights file's header entry mirroring the beh
 BEHAVIOUR = {"architecture": str, "width": int, "heads": int, "fourier_features": int, "seed": int, "mlp": int,
              "w_gate": bool}
 FORMAT_1_DEFAULTS = {"mlp": 0, "w_gate": False}
+# behaviour fields written only when set (their absence is their default): sets trained with negative
+# conditions record `negatives`, every other file stays as files were before negatives existed
+OPTIONAL = {"negatives": (bool, False)}
 RETRAIN = "re-run `agd train` to write both files again (or restore the file as `agd train` wrote it)"
 
 
@@ -43,7 +46,7 @@ def write(out_dir: Path, state: dict, meta: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     files.remove_parts(out_dir)
     (out_dir / META).unlink(missing_ok=True)
-    header = {k: meta[k] for k in (*BEHAVIOUR, "targets")}
+    header = {k: meta[k] for k in (*BEHAVIOUR, *[o for o in OPTIONAL if o in meta], "targets")}
     # as bytes written by Python: a full disk is an OSError naming the cause
     files.write_bytes(out_dir / WEIGHTS, save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)}))
     meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": files.sha256_of(out_dir / WEIGHTS)}
@@ -90,6 +93,11 @@ def config(path: Path, meta: dict) -> dict:
             raise AGDError(f"{where}: {key}", "missing (a file of this format records it)", RETRAIN)
         value = meta[key]
         if isinstance(value, bool) != (kind is bool) or not isinstance(value, kind):
+            raise AGDError(f"{where}: {key}", f"expected {kind.__name__}, got {value!r}", RETRAIN)
+        found[key] = value
+    for key, (kind, default) in OPTIONAL.items():
+        value = meta.get(key, default)
+        if not isinstance(value, kind):
             raise AGDError(f"{where}: {key}", f"expected {kind.__name__}, got {value!r}", RETRAIN)
         found[key] = value
     return found
@@ -165,7 +173,7 @@ def read_weights(path: Path, meta: dict) -> dict:
         if not isinstance(written, dict):
             raise AGDError(str(weights), f"has no {HEADER_KEY} header (not written by `agd train` of this format)",
                            RETRAIN)
-        for key in (*BEHAVIOUR, "targets"):
+        for key in (*BEHAVIOUR, *OPTIONAL, "targets"):
             if written.get(key) != meta.get(key):
                 raise AGDError(f"{Path(path) / META}: {key}", f"is {meta.get(key)!r}, but the weights were written "
                                f"with {written.get(key)!r}", RETRAIN)
