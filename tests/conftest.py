@@ -198,6 +198,7 @@ def dvc_template(tmp_path_factory, tiny_project) -> Path:
     for args in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "copy"]):
         assert dvc(project, *args).returncode == 0
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")  # dvc.yaml's plot templates
+    shutil.copytree(ROOT / "conf", project / "conf")  # conf/negatives.txt: a dependency of conditions and evaluate
     agd(project, "check")
     committed = dvc(project, "commit", "-f", "-q")
     assert committed.returncode == 0, committed.stderr
