@@ -254,6 +254,10 @@ def sample(
     steps: int = typer.Option(25, min=1, help="Sampler steps."),
     seed: int = typer.Option(0, help="Seed of the first sample; the others follow."),
     guidance: str = typer.Option("agd", help="agd (one pass per step) or cfg (two passes)."),
+    negative: list[str] = typer.Option(None, "--negative", help="A negative condition, CFG's unconditional branch: "
+                                       "a class label (several: comma-separated, one per sample) or a negative "
+                                       "prompt (repeat for one per sample); AGD needs adapters trained with "
+                                       "negatives (conditions.negative_share > 0)."),
     out: Path = typer.Option(Path("samples.png"), help="Output PNG (a row of images)."),
     device: str = typer.Option(None, help="auto, cpu, cuda or cuda:N (default: base.device in params.yaml)."),
     compile_: bool = typer.Option(None, "--compile/--no-compile", help="torch.compile the denoiser (default: "
@@ -266,7 +270,8 @@ def sample(
     from pipeline.stages import sample as stage
 
     _stage(stage.run, labels=labels, prompts=prompts, w=w, backend=backend, base_path=base_path, adapters=adapters,
-           scheduler=scheduler, steps=steps, seed=seed, guidance=guidance, out=out, device=device, compile_=compile_)
+           scheduler=scheduler, steps=steps, seed=seed, guidance=guidance, negative=negative, out=out, device=device,
+           compile_=compile_)
 
 
 @app.command()

@@ -394,3 +394,108 @@ def test_agd_sample_runs_the_enabled_pipeline(bases, backend, tmp_path, monkeypa
     assert np.abs(row - expected).max() <= 1
     bad = CliRunner().invoke(app, ["sample", *flags, "--scheduler", "NoSuchScheduler"])
     assert bad.exit_code == 2 and "not a diffusers scheduler class" in bad.output
+
+
+NEGATIVES = ["blurry, low quality", "two cats"]
+
+
+@pytest.fixture(scope="module")
+def negative_adapters(bases):
+    """Per family: adapters trained with negative conditions (weights moved off zero), saved."""
+    out = {}
+    for backend in ("sd21", "sdxl", "dit-xl-2"):
+        family = load_base(backend, str(bases[backend] / "base"))
+        config = {"mlp": 2} if backend == "dit-xl-2" else {"w_gate": True}
+        _adapters(family, seed=2, negatives=True, **config).save(bases[backend] / "adapters-negatives")
+        out[backend] = bases[backend] / "adapters-negatives"
+    return out
+
+
+def _loop_with_negatives(backend, root: Path, mode: str, adapters: Path, negatives=NEGATIVES):
+    """Our sampling loop with the negative prompts as CFG's unconditional branch (as trajectories record it)."""
+    family = load_base(backend, str(root / "base"))
+    loaded = AdapterSet.load(adapters, family)
+    cond = family.encode(PIPELINES[backend][2])
+    cond.update({f"negative_{k}": v for k, v in family.encode(negatives).items()})
+    if backend == "sdxl":  # the negative branch keeps the condition's size ids, as the pipeline's
+        cond["negative_time_ids"] = cond["time_ids"]
+    x = sample(family, cond, SEEDS, torch.full((2,), W), SCHEDULER, STEPS, mode=mode, adapters=loaded,
+               rule=loaded.teacher)
+    loaded.detach()
+    return x
+
+
+@pytest.mark.parametrize("backend", ["sd21", "sdxl"])
+def test_adapters_trained_with_negatives_take_the_pipelines_negative_prompt(bases, negative_adapters, backend):
+    """The enabled pipeline with a negative prompt is our sampler's AGD with that negative (1e-5), one pass
+    per step; disabled, its CFG with the negative is the teacher the trajectories record (1e-4: stores
+    keep embeddings in float16, the pipeline encodes in float32 here as our loop does)."""
+    root, path = bases[backend], negative_adapters[backend]
+    pipe = _pipe(backend, root)
+    cfg_negative = _call(pipe, backend, negative_prompt=NEGATIVES)
+    assert _rel(cfg_negative, _loop_with_negatives(backend, root, "cfg", path)) < 1e-4
+    enable_agd(pipe, path)
+    calls = []
+    handle = pipe.unet.register_forward_pre_hook(lambda m, a, k: calls.append(1), with_kwargs=True)
+    agd_negative = _call(pipe, backend, negative_prompt=NEGATIVES)
+    handle.remove()
+    assert len(calls) == STEPS  # one pass per step, with the negative too
+    assert _rel(agd_negative, _loop_with_negatives(backend, root, "agd", path)) < 1e-5
+    agd_plain = _call(pipe, backend)
+    assert _rel(agd_negative, agd_plain) > 1e-3, "the negative changes nothing: the adapters do not read it"
+    embeds = load_base(backend, str(root / "base")).encode(NEGATIVES)
+    given = {"negative_prompt_embeds": embeds["prompt_embeds"]}
+    if backend == "sdxl":
+        given["negative_pooled_prompt_embeds"] = embeds["pooled"]
+        given["prompt_embeds"], given["pooled_prompt_embeds"] = (
+            lambda e: (e["prompt_embeds"], e["pooled"]))(load_base(backend, str(root / "base")).encode(PIPELINES[backend][2]))
+        out = pipe(guidance_scale=W, num_inference_steps=STEPS, generator=seeded_generators(SEEDS),
+                   output_type="latent", **given).images
+    else:
+        out = _call(pipe, backend, **given)
+    assert _rel(out, agd_negative) < 1e-5  # embeddings or text: the same negative
+    if backend == "sdxl":
+        with pytest.raises(AGDError, match="negative_original_size"):  # never part of the teacher
+            _call(pipe, backend, negative_original_size=(8, 8))
+
+
+@pytest.mark.parametrize("backend", ["sd21", "dit-xl-2"])
+def test_agd_sample_takes_a_negative(bases, negative_adapters, backend, tmp_path, monkeypatch):
+    """`agd sample --negative`: SD through the enabled pipeline's negative_prompt, DiT (whose pipeline has
+    no negative class) through our loop with the negative label; refused for adapters without negatives."""
+    root = bases[backend]
+    params = {"base": {"backend": backend, "path": str(root / "base")},
+              "train": {"output": str(negative_adapters[backend])}, "trajectories": {"scheduler": SCHEDULER}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    conditions = PIPELINES[backend][2]
+    if backend == "dit-xl-2":
+        flags, negative = ["--labels", ",".join(map(str, conditions))], ["--negative", "5,6"]
+    else:
+        flags = [a for c in conditions for a in ("--prompt", c)]
+        negative = [a for n in NEGATIVES for a in ("--negative", n)]
+    result = CliRunner().invoke(app, ["sample", *flags, *negative, "-w", str(W), "--steps", str(STEPS), "--seed", "5",
+                                      "--out", "row.png"])
+    assert result.exit_code == 0, result.output
+    row = np.asarray(Image.open(tmp_path / "row.png")).astype(int)
+    if backend == "dit-xl-2":
+        family = load_base(backend, str(root / "base"))
+        adapters = AdapterSet.load(negative_adapters[backend], family)
+        cond = family.condition_batch({"labels": np.array(conditions), "negative_labels": np.array([5, 6])})
+        x = sample(family, cond, [5, 6], torch.full((2,), W), SCHEDULER, STEPS, mode="agd", adapters=adapters)
+        expected = np.concatenate(list(family.decode(x).numpy().astype(int)), axis=1)
+        plain = CliRunner().invoke(app, ["sample", *flags, "-w", str(W), "--steps", str(STEPS), "--seed", "5",
+                                         "--out", "plain.png"])
+        assert plain.exit_code == 0, plain.output
+        assert np.abs(np.asarray(Image.open(tmp_path / "plain.png")).astype(int) - row).max() > 0
+    else:
+        pipe = enable_agd(_pipe(backend, root), negative_adapters[backend])
+        images = _call(pipe, backend, seeds=[5, 6], output_type="np", negative_prompt=NEGATIVES)
+        expected = np.concatenate(list((np.asarray(images) * 255).round().astype(int)), axis=1)
+    assert np.abs(row - expected).max() <= 1
+    params["train"]["output"] = str(root / "adapters")  # trained without negatives
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    refused = CliRunner().invoke(app, ["sample", *flags, *negative, "--steps", str(STEPS)])
+    assert refused.exit_code == 2 and "trained without negative conditions" in refused.output
+    assert CliRunner().invoke(app, ["sample", *flags, *negative, "--steps", str(STEPS), "--guidance", "cfg",
+                                    "--out", "cfg.png"]).exit_code == 0  # CFG takes a negative with any adapters

@@ -348,9 +348,11 @@ class Pipelines:
         """Is this tensor (a view of) the family's own unconditional embedding? (Text families.)"""
         return False
 
-    def pipeline_inputs(self, conditions: list) -> dict:
-        """The pipeline's condition arguments for a list of class labels or captions."""
-        return {"class_labels": list(conditions)} if self.spec.condition == "class" else {"prompt": list(conditions)}
+    def pipeline_inputs(self, conditions: list, negatives: list | None = None) -> dict:
+        """The pipeline's condition arguments for a list of class labels or captions (and negative prompts)."""
+        if self.spec.condition == "class":
+            return {"class_labels": list(conditions)}
+        return {"prompt": list(conditions), **({"negative_prompt": list(negatives)} if negatives else {})}
 
 
 class Images:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from pipeline.backends.family import Family, check_path, load_error
+from pipeline.backends.family import Family, check_path, load_error, split_negative
 from pipeline.run import preflight
 from pipeline.run.devices import free_memory
 
@@ -67,9 +67,11 @@ class SDFamily(Family):
                                        unet=self.denoiser, scheduler=scheduler, safety_checker=None,
                                        feature_extractor=None, requires_safety_checker=False)
 
-    def pipeline_inputs(self, conditions):
-        cond = self.condition_batch(self.condition_arrays([{"caption": c} for c in conditions]))
-        return self.pipeline_embeds(cond, self.null_condition(cond))
+    def pipeline_inputs(self, conditions, negatives=None):
+        items = [{"caption": c} if negatives is None else {"caption": c, "negative": n}
+                 for c, n in zip(conditions, negatives or conditions)]
+        cond = self.condition_batch(self.with_negatives(items, self.condition_arrays(items)))
+        return self.pipeline_embeds(split_negative(cond)[0], self.unconditional(cond))
 
     def pipeline_embeds(self, cond, null):
         """The pipeline's embedding arguments for a condition batch and its null condition."""

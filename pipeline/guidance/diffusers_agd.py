@@ -22,10 +22,16 @@ conditional pass, adapters off, as the rule's teacher does. Adapters distilled f
 equals the phi they learnt (the pipeline's rescaling of an output whose halves are equal leaves it
 as it is). Adapters of APG or CFG-Zero* need the rule's own steps: they sample in our loop.
 
+Negative prompts. Adapters trained with negative conditions (conditions.negative_share > 0) read the
+negative prompt as an input: the hook hands them the unconditional half of the pipeline's batch (the
+negative prompt's embeddings, however the call gave them: negative_prompt, negative_prompt_embeds, or
+the pipeline's empty prompt) and still runs one pass, the conditional half's.
+
 What AGD cannot do, and refuses with an error instead of silently doing something else:
-- negative prompts: the adapters were distilled from CFG whose unconditional branch is the empty
-  prompt, and AGD never computes that branch, so any other negative prompt would be ignored.
-  `disable_agd(pipe)` runs the pipeline's own CFG with it (two passes).
+- negative prompts with adapters trained without negatives: their CFG's unconditional branch was
+  always the empty prompt, and AGD never computes that branch, so any other negative prompt would be
+  ignored. `disable_agd(pipe)` runs the pipeline's own CFG with it (two passes). SDXL's negative size
+  and crop conditions are refused for every adapter: the adapters' teacher never varied them.
 - a guidance_rescale other than the adapters' own (0 for all but rescale adapters): it rescales
   CFG's output by the conditional branch's statistics, which one AGD pass does not have.
 With guidance_scale <= 1 the pipelines run the plain conditional model, and so does AGD.
@@ -40,6 +46,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from pipeline.backends import EMBEDDED, get_spec
+from pipeline.backends.family import NEGATIVE
 from pipeline.backends.loading import FAMILIES
 from pipeline.backends.schedulers import noise_level
 from pipeline.guidance import rules
@@ -134,7 +141,7 @@ def _agd_call(self, *args, **kwargs):
     arguments.apply_defaults()
     w = float(arguments.arguments.get("guidance_scale", 1.0))
     if w > 1:
-        _refuse_what_agd_cannot_do(arguments, state.family, state.adapters.teacher)
+        _refuse_what_agd_cannot_do(arguments, state.family, state.adapters)
     state.w = w
     try:
         return original(self, *args, **kwargs)
@@ -144,13 +151,22 @@ def _agd_call(self, *args, **kwargs):
         state.context = None
 
 
-def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family, teacher: rules.Rule) -> None:
+# the negative arguments that only change the prompt of CFG's unconditional branch, which adapters
+# trained with negatives read (SDXL's negative size and crop conditions are not among them)
+NEGATIVE_PROMPT_ARGUMENTS = ("negative_prompt", "negative_prompt_2", "negative_prompt_embeds",
+                             "negative_pooled_prompt_embeds")
+
+
+def _refuse_what_agd_cannot_do(bound: inspect.BoundArguments, family: Family, adapters: AdapterSet) -> None:
+    teacher = adapters.teacher
     defaults = {name: p.default for name, p in bound.signature.parameters.items()}
     for name, value in bound.arguments.items():
         default = defaults.get(name)
         if not name.startswith("negative_") or value is None or value is default or (
                 not isinstance(value, torch.Tensor) and value == default):
             continue
+        if adapters.negatives and name in NEGATIVE_PROMPT_ARGUMENTS:
+            continue  # these adapters read the negative prompt (the unconditional half of the batch)
         if name.startswith("negative_prompt") and not name.endswith("embeds") and _empty_prompt(value):
             continue  # the empty prompt is the unconditional branch the adapters were distilled from
         if isinstance(value, torch.Tensor) and family.holds_null(value):
@@ -230,6 +246,7 @@ class _AGD:
         return {k: _take_half(v, n, self.conditional_half) for k, v in arguments.items()}, n // 2
 
     def _denoiser_inputs(self, arguments: dict) -> dict:
+        full = arguments
         arguments, b = self._half(arguments)
         device = self.family.device
         if next(self.adapters.parameters()).device != device:  # pipe.to(...) after enable_agd: follow it
@@ -240,6 +257,9 @@ class _AGD:
         if not self._rule_guides(t):
             return arguments  # outside the adapters' band: the plain conditional pass, adapters off
         cond = self.family.call_condition(arguments)
+        if self.adapters.negatives:  # the unconditional half holds the negative prompt: the adapters read it
+            other = {k: _take_half(v, 2 * b, 1 - self.conditional_half) for k, v in full.items()}
+            cond = {**cond, **{NEGATIVE + k: v for k, v in self.family.call_condition(other).items()}}
         self.adapters.begin(self.family, self._fixed(cond, b), t)
         return arguments
 

@@ -13,20 +13,21 @@ from pipeline.run import devices, files
 from pipeline.run.errors import AGDError
 
 
-def parse_labels(labels: str, num_classes: int, condition: str) -> list[int]:
+def parse_labels(labels: str, num_classes: int, condition: str, option: str = "--labels") -> list[int]:
     try:
         conds = [int(v) for v in labels.split(",")]
     except ValueError:
-        raise AGDError("--labels", f"{labels!r} is not a comma-separated list of integers",
-                       "write e.g. --labels 0,1,2") from None
+        raise AGDError(option, f"{labels!r} is not a comma-separated list of integers",
+                       f"write e.g. {option} 0,1,2") from None
     if condition != "class" or min(conds) < 0 or max(conds) >= num_classes:
-        raise AGDError("--labels", f"labels must be class indices in [0, {num_classes})", "use --prompt for text backends")
+        raise AGDError(option, f"labels must be class indices in [0, {num_classes})",
+                       "use --prompt for text backends" if option == "--labels" else "give class indices")
     return conds
 
 
 def run(params: Params, labels: str | None, prompts: list[str] | None, w: float, backend: str | None,
         base_path: str | None, adapters: str | None, scheduler: str | None, steps: int, seed: int, guidance: str,
-        out: Path, device: str | None, compile_: bool | None) -> None:
+        out: Path, device: str | None, compile_: bool | None, negative: list[str] | None = None) -> None:
     """Each option given on the command line wins over params.yaml (base.*, train.output,
     trajectories.scheduler, sample.compile)."""
     from PIL import Image
@@ -42,8 +43,12 @@ def run(params: Params, labels: str | None, prompts: list[str] | None, w: float,
         conds = list(prompts)
     else:
         raise AGDError("sample", "nothing to generate", "pass --labels or --prompt")
+    negatives = None
+    if negative:
+        negatives = list(negative) if family.spec.condition == "text" else \
+            [n for v in negative for n in parse_labels(v, family.spec.num_classes, family.spec.condition, "--negative")]
     images = generate(family, agd, conds, w, seeds=seed + np.arange(len(conds)), num_steps=steps,
-                      scheduler=scheduler or params.trajectories.scheduler, guidance=guidance)
+                      scheduler=scheduler or params.trajectories.scheduler, guidance=guidance, negatives=negatives)
     print(f"sample: on {devices.describe(family.device, family.dtype)}")
     row = np.concatenate(list(images), axis=1)
     fmt = Image.registered_extensions().get(Path(out).suffix.lower(), "PNG")  # as the suffix says; PNG without one
