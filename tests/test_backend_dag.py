@@ -89,7 +89,8 @@ def _switch(project: Path, backend: str, base: str, **sections) -> None:
         doc[section].update(values)
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
     params = config.load(project / "params.yaml")
-    doc["dag"] = {k: getattr(dag.expected(params), k) for k in ("mnist", "fid_ref", "conditions", "evaluate", "train_images", "negatives")}
+    doc["dag"] = {k: getattr(dag.expected(params), k)
+                  for k in ("mnist", "fid_ref", "conditions", "evaluate", "train_images", "negatives")}
     (project / "params.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
 
 

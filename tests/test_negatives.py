@@ -178,3 +178,6 @@ def test_trajectories_and_training_with_negatives(tmp_path, tiny_project):
         assert {"value", "ci_low", "ci_high", "significant"} <= set(neg[name]["agd_minus_cfg"])
     assert neg["moved_by_negative_mse"]["cfg"]["value"] > 0  # the negative moved CFG's images
     assert neg["held_out_with_negative"]["correction_defined"]
+    agd(project, "report")
+    results = (project / "reports/results.md").read_text()
+    assert "With a negative condition at w = 3" in results and "negative mass" in results

@@ -126,6 +126,40 @@ def teacher_table() -> str:
     return "\n".join(lines) + "\n"
 
 
+def negatives_table() -> str:
+    """AGD with a negative condition against CFG with it (evaluate's `negatives`, adapters trained with
+    negatives), same seeds, 95 % paired intervals; "" when there is none."""
+    metrics = _load("metrics.json")
+    keys = [k for k in sorted(metrics, key=_scale) if "negatives" in metrics[k]]
+    if not keys:
+        return ""
+    lines = []
+    for key in keys:
+        n = metrics[key]["negatives"]
+        held = n["held_out_with_negative"]
+        lines += [f"With a negative condition at w = {_scale(key):g} ({n['samples']} samples, each condition with "
+                  "another class as its negative, the same seeds for every method; negative mass: the judge's "
+                  "probability on the negative class):", ""]
+        if "negative_mass" in n:
+            mass, acc = n["negative_mass"], n["accuracy"]
+            lines += ["| figure | CFG + negative | AGD + negative | AGD - CFG (95 % paired) | CFG / AGD without "
+                      "negative | negative - none, CFG / AGD |", "|---|---|---|---|---|---|"]
+            for name, d, digits in (("negative mass", mass, 4), ("accuracy", acc, 3)):
+                lines.append(f"| {name} | {_ci(d['cfg_negative'], digits)} | {_ci(d['agd_negative'], digits)} | "
+                             f"{_diff(d['agd_minus_cfg'], digits)} | {_ci(d['cfg'], digits)} / {_ci(d['agd'], digits)} | "
+                             f"{_diff(d['negative_minus_none']['cfg'], digits)} / "
+                             f"{_diff(d['negative_minus_none']['agd'], digits)} |")
+            lines.append("")
+        moved = n["moved_by_negative_mse"]
+        lines.append(f"Same-seed pixel MSE, AGD + negative against CFG + negative: {_ci(n['same_seed_mse'], 5)}; "
+                     f"how far the negative moves each method's images: CFG {_ci(moved['cfg'], 5)}, AGD "
+                     f"{_ci(moved['agd'], 5)}. Correction captured on held-out CFG trajectories with negatives: "
+                     f"{held.get('correction_captured', float('nan')):.3f} (cosine "
+                     f"{held.get('correction_cosine', float('nan')):.3f}, gain {held.get('correction_gain', float('nan')):.3f}); "
+                     f"without a negative (the table above): {metrics[key].get('correction_captured', float('nan')):.3f}.")
+    return "\n".join(lines) + "\n"
+
+
 def trade_off(metrics: dict, quality: dict) -> list[str]:
     """Precision and recall per scale (judge features where there is a judge: every sample, not the
     Inception subset): guidance trades recall for precision, and this says which one AGD gives up."""
