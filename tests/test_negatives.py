@@ -149,6 +149,7 @@ def test_trajectories_and_training_with_negatives(tmp_path, tiny_project):
     agd(project, "trajectories")
     store = TrajectoryStore.open(project / "data/trajectories.zarr")
     assert store.cond_names == ["labels", "negative_labels"]
+    assert store.attrs["negatives"] == doc["negatives"]  # recorded beside the conditions' sha256
     negatives = store.meta()["cond/negative_labels"]
     family = load_base("mnist-dit", str(project / "models/base-mnist-dit"))
     expected = [i["negative"] if i["negative"] is not None else family.num_classes for i in doc["items"]]

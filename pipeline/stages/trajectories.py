@@ -123,6 +123,8 @@ def run(params: Params) -> None:
     family.release_text_encoders()  # every prompt is encoded: from here on only the denoiser runs
     attrs = expected_attrs(family, p.scheduler, p.num_steps, p.data, cond_doc, rules.recorded(rule))
     extra = {"captions": [i["caption"] for i in items]} if cond_doc["condition"] == "text" else {}
+    if "negatives" in cond_doc:  # share, seed, source and count of the negative conditions (cond/negative_*)
+        extra["negatives"] = cond_doc["negatives"]
     guided = rules.guided_steps(rule, noise_levels(family_scheduler(family, p.scheduler, p.num_steps)))
     if not any(guided):
         raise AGDError("params.yaml: guidance.interval", f"{list(params.guidance.interval)} holds none of the "
