@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from tests import tiny_models
-from tests.conftest import ROOT, agd, copy_project, dvc
+from tests.conftest import agd, copy_project, dvc
 
 CAPTIONS = ["a cat on a red sofa", "two dogs in the snow", "a bowl of fruit", "a train at a station",
             "a man riding a horse", "a plate of pasta", "three birds on a wire", "a sailing boat at dusk"]
@@ -34,8 +33,7 @@ TEXT = ["conditions.captions_file=data/captions.json", "evaluate.captions_file=d
 
 def _project(tmp_path: Path, dvc_template: Path, backend: str, save, *extra: str) -> Path:
     """The finished embedded-default project under DVC, switched to `backend` as a user does it."""
-    project = copy_project(dvc_template, tmp_path / "project")
-    shutil.copytree(ROOT / "conf", project / "conf")
+    project = copy_project(dvc_template, tmp_path / "project")  # conf/ included (dvc_template)
     save(project / "models/base")
     real = project / "data/real"
     real.mkdir(parents=True)

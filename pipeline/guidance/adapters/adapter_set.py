@@ -68,9 +68,6 @@ class AdapterSet(nn.Module):
         # the teacher rule the adapters learn (fit sets it from the store): sampling runs the adapters
         # where that rule guides, and the conditional pass alone where it does not (the interval)
         self.teacher: rules.Rule = rules.PLAIN
-        # a store whose conditions carry negatives trains adapters that read them; a set without them is
-        # refused a negative (context), except where a caller knows the negative is the null (evaluation)
-        self.ignores_negative = False
         torch.manual_seed(seed)
         t_dim, c_dim = family.embedding_dims
         self.targets = [name for name, _ in family.adapter_targets()]
@@ -128,7 +125,7 @@ class AdapterSet(nn.Module):
     def context(self, family: Family, cond: dict, w: torch.Tensor, stacks: dict | None = None) -> Fixed:
         """What the adapters compute from the condition (its negative) and w alone: once per sample run."""
         own, negative = split_negative(cond)
-        if negative is not None and not self.negatives and not self.ignores_negative:
+        if negative is not None and not self.negatives:
             raise AGDError("negative condition", "these adapters were trained without negative conditions, so "
                            "they cannot apply one (their CFG's unconditional branch was always the null "
                            "condition)", "sample without a negative, use CFG (two passes) for it, or train "
