@@ -172,7 +172,7 @@ def test_trajectories_and_training_with_negatives(tmp_path, tiny_project):
     neg = metrics["w3"]["negatives"]
     assert "negatives" not in metrics["w6"]  # the default scale only
     assert neg["samples"] == 20
-    for name in ("negative_mass", "accuracy"):
+    for name in ("negative_mass", "negative_logprob", "accuracy"):
         for method in ("cfg_negative", "agd_negative", "cfg", "agd"):
             figure = neg[name][method]
             assert figure["ci_low"] <= figure["value"] <= figure["ci_high"]

@@ -8,7 +8,8 @@ judge's probability on the negative class and whether it sees the condition's cl
 so memory is bounded by the batch. Figures, each a mean with a 95 % paired bootstrap interval:
 
 - negative_mass: the judge's probability on the negative class (embedded default; lower: the negative
-  was applied), per method, and AGD minus CFG with the negative;
+  was applied), per method, and AGD minus CFG with the negative; negative_logprob: its mean log
+  (nats), which still separates methods where a confident judge leaves every other class ~1e-4;
 - accuracy: the judge's class is the condition's, per method, and AGD minus CFG;
 - same_seed_mse: AGD's images against CFG's, both with the negative; and how far the negative moves
   each method's images from its own without it (a negative that AGD ignored would move nothing);
@@ -65,6 +66,7 @@ def figures(gen: Generator, p, w: float, rule: Rule, negatives_file: str, held_s
     family.release_text_encoders()
     per_sample = {k: np.zeros(n) for k in ("mse_agd_cfg", "moved_cfg", "moved_agd")}
     mass = {m: np.zeros(n) for m in METHODS}
+    logprob = {m: np.zeros(n) for m in METHODS}
     correct = {m: np.zeros(n) for m in METHODS}
     with Tracker(f"evaluate negatives w={w:g}", n) as tracker:
         for start in range(0, n, p.batch_size):
@@ -84,6 +86,7 @@ def figures(gen: Generator, p, w: float, rule: Rule, negatives_file: str, held_s
                     labels = np.array([items[i]["label"] for i in idx])
                     negs = np.array([items[i]["negative"] for i in idx])
                     mass[method][idx] = probs[np.arange(len(idx)), negs]
+                    logprob[method][idx] = np.log(np.maximum(mass[method][idx], 1e-30))
                     correct[method][idx] = probs.argmax(1) == labels
             pixels = {k: v.astype(np.float64) / 255.0 for k, v in images.items()}
             per_sample["mse_agd_cfg"][idx] = _mse(pixels["agd_negative"], pixels["cfg_negative"])
@@ -95,11 +98,13 @@ def figures(gen: Generator, p, w: float, rule: Rule, negatives_file: str, held_s
            "moved_by_negative_mse": {"cfg": _summary(per_sample["moved_cfg"], resamples),
                                      "agd": _summary(per_sample["moved_agd"], resamples)}}
     if gen.judge is not None:
-        for name, values in (("negative_mass", mass), ("accuracy", correct)):
+        for name, values in (("negative_mass", mass), ("negative_logprob", logprob), ("accuracy", correct)):
             scored = {m: quality.Scored.of(quality.Share(values[m]), resamples) for m in METHODS}
-            out[name] = {m: s.summary() for m, s in scored.items()}
-            out[name]["agd_minus_cfg"] = scored["agd_negative"].minus(scored["cfg_negative"])
-            out[name]["negative_minus_none"] = {m: scored[f"{m}_negative"].minus(scored[m]) for m in ("cfg", "agd")}
+            digits = 6 if name == "negative_mass" else 4  # the mass is ~1e-4 on a confident judge
+            out[name] = {m: s.summary(digits) for m, s in scored.items()}
+            out[name]["agd_minus_cfg"] = scored["agd_negative"].minus(scored["cfg_negative"], digits)
+            out[name]["negative_minus_none"] = {m: scored[f"{m}_negative"].minus(scored[m], digits)
+                                                for m in ("cfg", "agd")}
     held = min(p.held_out_trajectories, n)
     held_cond = family.condition_batch({k: v[:held] for k, v in arrays.items()})
     held_seeds = 10**9 + p.seed + SEED_OFFSET + np.arange(held)

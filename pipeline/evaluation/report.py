@@ -144,7 +144,10 @@ def negatives_table() -> str:
             mass, acc = n["negative_mass"], n["accuracy"]
             lines += ["| figure | CFG + negative | AGD + negative | AGD - CFG (95 % paired) | CFG / AGD without "
                       "negative | negative - none, CFG / AGD |", "|---|---|---|---|---|---|"]
-            for name, d, digits in (("negative mass", mass, 4), ("accuracy", acc, 3)):
+            rows = [("negative mass", mass, 5), ("accuracy", acc, 3)]
+            if "negative_logprob" in n:
+                rows.insert(1, ("log negative mass (nats)", n["negative_logprob"], 2))
+            for name, d, digits in rows:
                 lines.append(f"| {name} | {_ci(d['cfg_negative'], digits)} | {_ci(d['agd_negative'], digits)} | "
                              f"{_diff(d['agd_minus_cfg'], digits)} | {_ci(d['cfg'], digits)} / {_ci(d['agd'], digits)} | "
                              f"{_diff(d['negative_minus_none']['cfg'], digits)} / "
