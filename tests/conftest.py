@@ -143,6 +143,8 @@ def new_project(root: Path, data: Path, params: dict = TINY) -> Path:
     (root / "data" / "assets").mkdir(parents=True, exist_ok=True)
     for f in ["mnist.npz", "assets/mnist.pkl.gz", "assets/inception-2015-12-05.pt"]:
         os.link(data / f, root / "data" / f)  # hard links: no copies of 100 MB per project
+    (root / "conf").mkdir(exist_ok=True)  # the shipped negative prompts (conditions.negatives_file), as a checkout has
+    shutil.copy2(ROOT / "conf" / "negatives.txt", root / "conf" / "negatives.txt")
     write_params(root, params)
     return root
 
@@ -198,7 +200,7 @@ def dvc_template(tmp_path_factory, tiny_project) -> Path:
     for args in (["init", "--no-scm", "-q"], ["config", "core.analytics", "false"], ["config", "cache.type", "copy"]):
         assert dvc(project, *args).returncode == 0
     shutil.copytree(ROOT / ".dvc" / "plots", project / ".dvc" / "plots")  # dvc.yaml's plot templates
-    shutil.copytree(ROOT / "conf", project / "conf")  # conf/negatives.txt: a dependency of conditions and evaluate
+    shutil.copytree(ROOT / "conf", project / "conf", dirs_exist_ok=True)  # the real conf/, as a checkout has
     agd(project, "check")
     committed = dvc(project, "commit", "-f", "-q")
     assert committed.returncode == 0, committed.stderr

@@ -417,8 +417,7 @@ def _loop_with_negatives(backend, root: Path, mode: str, adapters: Path, negativ
     loaded = AdapterSet.load(adapters, family)
     cond = family.encode(PIPELINES[backend][2])
     cond.update({f"negative_{k}": v for k, v in family.encode(negatives).items()})
-    if backend == "sdxl":  # the negative branch keeps the condition's size ids, as the pipeline's
-        cond["negative_time_ids"] = cond["time_ids"]
+    cond.pop("negative_time_ids", None)  # SDXL: the negative branch keeps the condition's size ids (unconditional)
     x = sample(family, cond, SEEDS, torch.full((2,), W), SCHEDULER, STEPS, mode=mode, adapters=loaded,
                rule=loaded.teacher)
     loaded.detach()

@@ -130,6 +130,9 @@ def test_saved_negatives_load_and_are_checked(tiny_base, tmp_path):
     AdapterSet(family, "cross_attention", width=16, heads=2).save(tmp_path / "b")
     assert "negatives" not in json.loads((tmp_path / "b" / "adapters.json").read_text())  # as files were
     assert not AdapterSet.load(tmp_path / "b", family).negatives
+    plain_meta = json.loads((tmp_path / "b" / "adapters.json").read_text())
+    (tmp_path / "b" / "adapters.json").write_text(json.dumps({**plain_meta, "negatives": False}))
+    assert not AdapterSet.load(tmp_path / "b", family).negatives  # written out at its default: the same file
     meta.pop("negatives")  # an edited file: the weights' header still says negatives
     (tmp_path / "a" / "adapters.json").write_text(json.dumps(meta))
     with pytest.raises(AGDError, match="negatives"):
@@ -177,8 +180,15 @@ def test_trajectories_and_training_with_negatives(tmp_path, tiny_project):
             figure = neg[name][method]
             assert figure["ci_low"] <= figure["value"] <= figure["ci_high"]
         assert {"value", "ci_low", "ci_high", "significant"} <= set(neg[name]["agd_minus_cfg"])
-    assert neg["moved_by_negative_mse"]["cfg"]["value"] > 0  # the negative moved CFG's images
+    assert neg["moved_by_negative_mse"]["cfg"]["value"] > 0 and neg["moved_by_negative_mse"]["agd"]["value"] > 0
     assert neg["held_out_with_negative"]["correction_defined"]
     agd(project, "report")
     results = (project / "reports/results.md").read_text()
     assert "With a negative condition at w = 3" in results and "negative mass" in results
+
+
+def test_check_refuses_a_missing_negatives_file(project_copy):
+    (project_copy / "conf" / "negatives.txt").unlink()
+    done = agd(project_copy, "check", check=False)
+    assert done.returncode == 2 and "conditions.negatives_file conf/negatives.txt" in done.stderr + done.stdout
+    assert "no such file" in done.stderr + done.stdout

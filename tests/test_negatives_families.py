@@ -70,7 +70,7 @@ def negatives_through(tmp_path, prepared_data, monkeypatch, backend):
     assert json.loads((project / "models/adapters/adapters.json").read_text())["negatives"] is True
     negatives = json.loads((project / "reports/metrics.json").read_text())["w4"]["negatives"]
     assert negatives["samples"] == 4 and negatives["held_out_with_negative"]["correction_defined"]
-    assert negatives["moved_by_negative_mse"]["cfg"]["value"] > 0
+    assert negatives["moved_by_negative_mse"]["cfg"]["value"] > 0 and negatives["moved_by_negative_mse"]["agd"]["value"] > 0
     flags = ["--labels", "1,2"] if backend == "dit-xl-2" else ["--prompt", "a cat", "--prompt", "a dog"]
     negative = ["--negative", "3"] if backend == "dit-xl-2" else ["--negative", "blurry, low quality"]
     images = {}

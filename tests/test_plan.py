@@ -347,3 +347,15 @@ def test_measure_times_a_text_backend_s_encoders_and_vae(project):
     kinds = {r["what"] for r in doc["projection"]["rows"]}
     assert {"sdxl_step", "sdxl_train", "sdxl_decode", "sdxl_text"} <= kinds
     assert set(doc["total"]["missing"]) == {"Inception"}
+
+
+def test_the_negatives_figures_are_planned_with_evaluate(project):
+    """With conditions.negative_share > 0, evaluate also samples the negatives figures' four sets
+    (CFG and AGD with and without the negative) and their held-out trajectories."""
+    base = by_name(planned(project))["evaluate"]["nfe"]
+    params = config.load(project / "params.yaml")
+    ev, traj = params.evaluate, params.trajectories
+    experiment = planned(project, "-S", "conditions.negative_share=0.5")["experiment"]
+    with_negatives = by_name(experiment)["evaluate"]["nfe"]
+    h = min(ev.held_out_trajectories, ev.negative_samples)
+    assert with_negatives - base == ev.negative_samples * ev.num_steps * (2 + 1 + 2 + 1) + h * traj.num_steps * 4

@@ -237,7 +237,8 @@ class Conditions:
     def unconditional(self, cond: dict) -> dict:
         """CFG's second branch for a batch: its negative condition where it carries one, else the null."""
         own, negative = split_negative(cond)
-        return negative if negative is not None else self.null_condition(own)
+        # keys the negative leaves out (SDXL's size ids) are the null condition's: the condition's own
+        return self.null_condition(own) if negative is None else {**self.null_condition(own), **negative}
 
     def with_negatives(self, items: list[dict], arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """`arrays` (condition_arrays of `items`) plus the items' negative conditions as `negative_*`
@@ -251,10 +252,13 @@ class Conditions:
                 else v[:1].cpu().numpy().astype(arrays[k].dtype) for k, v in self.null_condition(first).items()}
         out = {k: np.repeat(v, len(items), axis=0) for k, v in null.items()}
         rows = [r for r, i in enumerate(items) if i.get("negative") is not None]
-        if rows:
-            given = self.condition_arrays([{key: items[r]["negative"]} for r in rows])
+        if rows:  # each distinct negative encoded once (a few negative prompts serve thousands of rows)
+            distinct = sorted({items[r]["negative"] for r in rows}, key=str)
+            given = self.condition_arrays([{key: v} for v in distinct])
+            at = {v: k for k, v in enumerate(distinct)}
+            index = [at[items[r]["negative"]] for r in rows]
             for k in out:
-                out[k][rows] = given[k]
+                out[k][rows] = given[k][index]
         return {**arrays, **{NEGATIVE + k: v for k, v in out.items()}}
 
     def release_text_encoders(self) -> None:
@@ -351,6 +355,9 @@ class Pipelines:
     def pipeline_inputs(self, conditions: list, negatives: list | None = None) -> dict:
         """The pipeline's condition arguments for a list of class labels or captions (and negative prompts)."""
         if self.spec.condition == "class":
+            if negatives:
+                raise AGDError("negatives", "this family's diffusers pipeline takes no negative class",
+                               "sample negative labels with our loop (pipeline.guidance.generate does)")
             return {"class_labels": list(conditions)}
         return {"prompt": list(conditions), **({"negative_prompt": list(negatives)} if negatives else {})}
 

@@ -10,6 +10,7 @@ check stops that run with the line to fix.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipeline.backends import EMBEDDED, get_spec, model_config
@@ -43,6 +44,11 @@ def expected(params: Params) -> DagParams:
 
 def check(params: Params) -> None:
     """Stop when params.yaml's `dag` would wire DVC to other inputs than the stages read."""
+    negatives = params.conditions.negatives_file
+    if not Path(negatives).is_file():  # a dependency of conditions and evaluate for every backend
+        raise AGDError(f"params.yaml: conditions.negatives_file {negatives}", "no such file (DVC tracks it as an "
+                       "input of conditions and evaluate)", "restore conf/negatives.txt (it ships with the project) "
+                       "or point the key at a text file of negative prompts, one per line")
     want, have = expected(params), params.dag
     for key in DagParams.model_fields:
         if getattr(have, key) != getattr(want, key):

@@ -84,11 +84,12 @@ def read(path: Path = CONDITIONS_FILE) -> dict:
         items = doc["items"]
         if not items or not all("w" in i and "seed" in i for i in items):
             raise KeyError
-        negatives = [i.get("negative") for i in items]
         kind = int if doc.get("condition") == "class" else str
-        if any(n is not None and (isinstance(n, bool) or not isinstance(n, kind)) for n in negatives):
-            raise AGDError(f"{path}: negative", f"a negative must be a {'label' if kind is int else 'caption'} or "
-                           "null", "re-run `agd conditions`")
+        for k, item in enumerate(items):
+            n = item.get("negative")
+            if n is not None and (isinstance(n, bool) or not isinstance(n, kind)):
+                raise AGDError(f"{path}: items[{k}].negative", f"{n!r}: a negative must be a "
+                               f"{'class label' if kind is int else 'caption'} or null", "re-run `agd conditions`")
     except (json.JSONDecodeError, KeyError, TypeError):
         raise AGDError(str(path), "not a conditions file (needs items with w and seed)",
                        "re-run `agd conditions`") from None

@@ -137,9 +137,11 @@ def negatives_table() -> str:
     for key in keys:
         n = metrics[key]["negatives"]
         held = n["held_out_with_negative"]
+        drawn = "another class" if "negative_mass" in n else "a negative prompt"
         lines += [f"With a negative condition at w = {_scale(key):g} ({n['samples']} samples, each condition with "
-                  "another class as its negative, the same seeds for every method; negative mass: the judge's "
-                  "probability on the negative class):", ""]
+                  f"{drawn} as its negative, the same seeds for every method"
+                  + ("; negative mass: the judge's probability on the negative class):" if "negative_mass" in n
+                     else "):"), ""]
         if "negative_mass" in n:
             mass, acc = n["negative_mass"], n["accuracy"]
             lines += ["| figure | CFG + negative | AGD + negative | AGD - CFG (95 % paired) | CFG / AGD without "

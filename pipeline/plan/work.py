@@ -9,7 +9,8 @@ calls it makes of each kind of work (`Passes`: calls x batch; `KINDS`) and its N
                   (2 per step): evaluate.num_samples each, evaluate.num_steps steps
     evaluate      AGD at every scale (1 pass per step), and per scale evaluate.held_out_trajectories
                   held-out CFG trajectories of trajectories.num_steps steps (CFG, the conditional pass
-                  and AGD's pass at every state: 4 NFE)
+                  and AGD's pass at every state: 4 NFE); with conditions.negative_share > 0 also the
+                  negatives figures at the default scale (four sets of evaluate.negative_samples)
                   (each sampling stage decodes its samples and takes Inception features of the first
                   evaluate.inception_samples of each set, batch by batch)
     sweep, nfe, samplers, transfer   when on; fid_ref: Inception over the reference images;
@@ -204,6 +205,16 @@ def _evaluation(params: Params) -> tuple[Stage, Stage]:
     held_plan = _step_plan(params, "agd", traj.scheduler, traj.num_steps, teacher=True)[0]
     for w in scales:
         evaluate += held_out(ev.held_out_trajectories, held_plan, f"held-out w={w:g}")
+    if params.conditions.negative_share > 0 and ev.negative_samples:
+        # adapters trained with negatives: pipeline.evaluation.negatives at the default scale, four sets
+        # (CFG and AGD with the negative, and without), decoded, no Inception; its held-out trajectories
+        k = ev.negative_samples
+        cfg_plan = _step_plan(params, "cfg", sampler, steps, teacher=True)[0]
+        for label, plan in (("CFG + negative", cfg_plan), ("AGD + negative", agd_plan), ("CFG, negatives' seeds",
+                                                                                         cfg_plan),
+                            ("AGD, negatives' seeds", agd_plan)):
+            evaluate += sampling(params, k, bs, plan, label)
+        evaluate += held_out(min(ev.held_out_trajectories, k), held_plan, "held-out with negatives")
     prompts = _text(params, n, "evaluation prompts")  # each stage encodes them
     sets = 1 + len(scales) * (2 if ruled else 1)
     return (Stage("teacher", passes=teacher + prompts, samples=n * sets, samples_are="samples",

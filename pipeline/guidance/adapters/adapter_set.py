@@ -126,7 +126,7 @@ class AdapterSet(nn.Module):
         """What the adapters compute from the condition (its negative) and w alone: once per sample run."""
         own, negative = split_negative(cond)
         if negative is not None and not self.negatives:
-            raise AGDError("negative condition", "these adapters were trained without negative conditions, so "
+            raise AGDError("adapters.json: negatives", "these adapters were trained without negative conditions, so "
                            "they cannot apply one (their CFG's unconditional branch was always the null "
                            "condition)", "sample without a negative, use CFG (two passes) for it, or train "
                            "adapters with conditions.negative_share > 0")
@@ -222,7 +222,8 @@ class AdapterSet(nn.Module):
         try:
             adapters.load_state_dict(state)
         except RuntimeError as err:
-            fields = ", ".join(f"{k} {config[k]}" for k in ("architecture", "width", "mlp", "fourier_features"))
+            fields = ", ".join(f"{k} {config[k]}" for k in ("architecture", "width", "mlp", "fourier_features",
+                                                               "negatives"))
             raise AGDError(str(path / saved.WEIGHTS), f"its weights do not fit {saved.META}'s {fields} "
                            f"({str(err).splitlines()[0][:100]})", saved.RETRAIN) from None
         return adapters.attach(family)

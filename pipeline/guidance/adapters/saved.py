@@ -173,8 +173,11 @@ def read_weights(path: Path, meta: dict) -> dict:
         if not isinstance(written, dict):
             raise AGDError(str(weights), f"has no {HEADER_KEY} header (not written by `agd train` of this format)",
                            RETRAIN)
+        def recorded(doc: dict, key: str):  # an optional field written out at its default is the same file
+            return doc.get(key, OPTIONAL[key][1]) if key in OPTIONAL else doc.get(key)
+
         for key in (*BEHAVIOUR, *OPTIONAL, "targets"):
-            if written.get(key) != meta.get(key):
+            if recorded(written, key) != recorded(meta, key):
                 raise AGDError(f"{Path(path) / META}: {key}", f"is {meta.get(key)!r}, but the weights were written "
                                f"with {written.get(key)!r}", RETRAIN)
     return state
