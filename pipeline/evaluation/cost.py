@@ -79,3 +79,9 @@ def stage_action_seconds(stage: str, family: Family, adapters: AdapterSet, cond_
 def plan_seconds(plan: list[str], per_action: dict[str, float]) -> float:
     """Seconds per image of a step plan: the sum of its steps' actions."""
     return sum(per_action[a] for a in plan)
+
+
+def figures(seconds: float) -> float:
+    """Six significant figures: a GPU's microseconds keep their digits as a CPU's milliseconds do (a
+    fixed number of decimals would round them away)."""
+    return float(f"{seconds:.6g}")

@@ -79,11 +79,6 @@ def write_table(path: Path, tables: dict[float, list[dict]]) -> None:
                               **{m: row.get(m, "") for m in ("captured", "cosine", "gain")}})
 
 
-def _figures(seconds: float) -> float:
-    """Six significant figures: a GPU's microseconds keep their digits as a CPU's milliseconds do."""
-    return float(f"{seconds:.6g}")
-
-
 def step_seconds(family, adapters, gen: Generator, p, sampler: str):
     """Seconds per image of one step of each kind (two passes, an AGD pass, a conditional pass), timed
     interleaved on a batch of the evaluation's size, and (mode, rule) -> seconds per image of the
@@ -132,10 +127,10 @@ def run(params: Params) -> None:
     per_step, seconds = step_seconds(family, adapters, gen, p, sampler) if p.timing_rounds else ({}, None)
 
     def timed(samples, mode: str, rule_of: rules.Rule) -> dict:
-        return {**({"seconds_per_image": _figures(seconds(mode, rule_of))} if seconds else {}),
+        return {**({"seconds_per_image": cost.figures(seconds(mode, rule_of))} if seconds else {}),
                 "nfe_per_image": samples.nfe, "run_seconds_per_image": round(samples.seconds, 5)}
 
-    timing = {**({"step_seconds_per_image": {a: _figures(v) for a, v in per_step.items()}} if per_step else {}),
+    timing = {**({"step_seconds_per_image": {a: cost.figures(v) for a, v in per_step.items()}} if per_step else {}),
               "unguided": timed(unguided, "cond", PLAIN)}
     metrics, tables = {}, {}
     for w, agd_method in agd_methods.items():

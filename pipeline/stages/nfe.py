@@ -128,7 +128,7 @@ def run(params: Params) -> None:
         return done[r]
 
     def cells(r: Run) -> dict:
-        return {"nfe": nfe_of(r), "steps": r.steps, "seconds_per_image": round(seconds_of(r), 6)}
+        return {"nfe": nfe_of(r), "steps": r.steps, "seconds_per_image": cost.figures(seconds_of(r))}
 
     rows, summary = [], {}
     for n in p.steps:
@@ -136,7 +136,7 @@ def run(params: Params) -> None:
         got = {method: samples(r, method) for method, r in methods.items()}
         rows += [{"method": method, **cells(r), **tables.quality_cells(scorer.score(got[method]))}
                  for method, r in methods.items()]
-        versus = {"agd_nfe": nfe_of(methods["agd"]), "agd_seconds": round(seconds_of(methods["agd"]), 6),
+        versus = {"agd_nfe": nfe_of(methods["agd"]), "agd_seconds": cost.figures(seconds_of(methods["agd"])),
                   "teacher": teacher.name}
         for method, r in methods.items():
             if method != "agd":
