@@ -49,7 +49,7 @@ from pipeline.backends import EMBEDDED, get_spec
 from pipeline.backends.family import NEGATIVE
 from pipeline.backends.loading import FAMILIES
 from pipeline.backends.schedulers import noise_level
-from pipeline.guidance import rules
+from pipeline.guidance import hub, rules
 from pipeline.guidance.adapters import AdapterSet, read_meta
 from pipeline.run.errors import AGDError
 
@@ -59,10 +59,13 @@ if TYPE_CHECKING:
 _STATE = "_agd"  # the pipeline attribute that holds an enabled AGD
 
 
-def enable_agd(pipe, adapters_dir: str | Path):
-    """Make `pipe(...)` run AGD: one denoiser pass per step with the adapters of `adapters_dir` (an
-    `agd train` output) at the call's guidance_scale. Refuses adapters made for another base. Returns pipe."""
-    adapters_dir = Path(adapters_dir)
+def enable_agd(pipe, adapters: str | Path, subfolder: str | None = None, weight_name: str | None = None,
+               revision: str | None = None):
+    """Make `pipe(...)` run AGD: one denoiser pass per step with the adapters at the call's guidance_scale.
+    adapters: a folder from `agd train` / `agd export`, its weights file, or a Hub repository id
+    ("org/name", with subfolder, weight_name and revision as diffusers' loaders take them; offline from
+    the local cache with HF_HUB_OFFLINE=1). Refuses adapters made for another base. Returns pipe."""
+    adapters_dir = hub.resolve(adapters, subfolder, weight_name, revision)
     base = read_meta(adapters_dir).get("base")
     backend = base.get("backend") if isinstance(base, dict) else None
     if not isinstance(backend, str):

@@ -13,7 +13,6 @@ which gives the same latents (tests/test_diffusers.py).
 from __future__ import annotations
 
 import inspect
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,7 +20,7 @@ import torch
 
 from pipeline.backends.loading import load_base
 from pipeline.backends.schedulers import family_scheduler, seeded_generators
-from pipeline.guidance import diffusers_agd, rules
+from pipeline.guidance import diffusers_agd, hub, rules
 from pipeline.guidance.adapters import AdapterSet
 from pipeline.guidance.sampling import sample
 from pipeline.run.errors import AGDError
@@ -31,10 +30,11 @@ if TYPE_CHECKING:
 
 
 def load_agd(backend: str, base_path: str, adapters_dir: str, dtype: str = "float32", device: str = "auto",
-             cfg_channels: int = 0):
-    """The frozen base on `device` (auto: the first CUDA device, else the CPU) with trained adapters."""
+             cfg_channels: int = 0, revision: str | None = None, subfolder: str | None = None):
+    """The frozen base on `device` (auto: the first CUDA device, else the CPU) with trained adapters:
+    a local folder, or a Hub repository id (pipeline.guidance.hub)."""
     family = load_base(backend, base_path, dtype, device, cfg_channels)
-    return family, AdapterSet.load(Path(adapters_dir), family)
+    return family, AdapterSet.load(hub.resolve(adapters_dir, subfolder, revision=revision), family)
 
 
 def generate(family: Family, adapters: AdapterSet, conditions: list, w: float, seeds=None, num_steps: int = 25,

@@ -1,0 +1,98 @@
+"""Adapters by Hub id, offline, from a local Hugging Face cache the test lays out as the Hub does."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+
+from pipeline.guidance import hub
+from pipeline.run.errors import AGDError
+
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def cached_repo(cache: Path, repo: str, files: dict[str, bytes], revision: str = "main", commit: str = COMMIT) -> Path:
+    """A model repository in huggingface_hub's cache layout: refs/<revision> -> snapshots/<commit>/files."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    (root / "refs").mkdir(parents=True, exist_ok=True)
+    (root / "refs" / revision).write_text(commit)
+    for name, data in files.items():
+        path = root / "snapshots" / commit / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root / "snapshots" / commit
+
+
+@pytest.fixture
+def offline_cache(tmp_path, monkeypatch):
+    cache = tmp_path / "hub"
+    cache.mkdir()
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+def test_local_paths_resolve_as_they_are(tmp_path):
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    (folder / "adapters.safetensors").write_bytes(b"x")
+    assert hub.resolve(folder) == folder
+    assert hub.resolve(folder / "adapters.safetensors") == folder
+    with pytest.raises(AGDError, match="no such folder or file, and not a Hub repository id"):
+        hub.resolve(tmp_path / "missing")
+
+
+def test_a_hub_id_resolves_offline_from_the_cache(offline_cache):
+    files = {"adapters.safetensors": b"w", "adapters.json": b"{}", "sdxl/adapters.safetensors": b"v",
+             "sdxl/adapters.json": b"{}"}
+    snapshot = cached_repo(offline_cache, "org/agd-test", files)
+    assert hub.resolve("org/agd-test") == snapshot
+    assert hub.resolve("org/agd-test", subfolder="sdxl") == snapshot / "sdxl"
+    cached_repo(offline_cache, "org/agd-test", {"adapters.safetensors": b"old"}, revision="v1",
+                commit="f" * 40)
+    assert (hub.resolve("org/agd-test", revision="v1") / "adapters.safetensors").read_bytes() == b"old"
+
+
+def test_a_hub_id_without_network_or_cache_is_one_clear_error(offline_cache):
+    with pytest.raises(AGDError) as err:
+        hub.resolve("org/not-cached")
+    assert "not in the local Hugging Face cache" in str(err.value) and "HF_HUB_OFFLINE=1" in str(err.value)
+    assert "huggingface-cli download org/not-cached" in err.value.fix
+    cached_repo(offline_cache, "org/other", {"README.md": b"card"})
+    with pytest.raises(AGDError, match="has no adapters.safetensors"):
+        hub.resolve("org/other")
+    shutil.rmtree(offline_cache)
+
+
+def test_enable_agd_by_hub_id_equals_the_local_folder(tmp_path, offline_cache):
+    """The real StableDiffusionPipeline with adapters from a cached Hub repo (subfolder, pinned
+    revision): the same latents as from the local folder."""
+    import diffusers
+    import torch
+
+    from pipeline.backends.loading import load_base
+    from pipeline.backends.schedulers import seeded_generators
+    from pipeline.guidance.adapters import AdapterSet
+    from pipeline.guidance.diffusers_agd import enable_agd
+    from tests import tiny_models
+
+    base = tiny_models.save_sd2_like(tmp_path / "base")
+    adapters = AdapterSet(load_base("sd21", str(base)), w_gate=True)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.add_(0.05)
+    adapters.save(tmp_path / "adapters")
+    files = {f"sd2/{f.name}": f.read_bytes() for f in (tmp_path / "adapters").iterdir()}
+    cached_repo(offline_cache, "org/agd-sd2", files, revision="v1")
+
+    def latents(ref, **kwargs):
+        pipe = diffusers.StableDiffusionPipeline.from_pretrained(str(base))
+        pipe.set_progress_bar_config(disable=True)
+        enable_agd(pipe, ref, **kwargs)
+        return pipe(["a cat"], guidance_scale=4.0, num_inference_steps=3, generator=seeded_generators([3]),
+                    output_type="latent").images
+
+    assert torch.equal(latents("org/agd-sd2", subfolder="sd2", revision="v1"), latents(tmp_path / "adapters"))
