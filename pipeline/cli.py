@@ -248,7 +248,10 @@ def sample(
     w: float = typer.Option(3.0, "-w", "--guidance-scale", min=0.0, help="Guidance scale."),
     backend: str = typer.Option(None, help="Backend (default: base.backend in params.yaml)."),
     base_path: str = typer.Option(None, "--base", help="Base model folder or hub id (default: base.path)."),
-    adapters: str = typer.Option(None, help="Adapter folder from `agd train` (default: train.output)."),
+    adapters: str = typer.Option(None, help="Adapter folder from `agd train` or `agd export`, or a Hub repository "
+                                 "id such as org/agd-sdxl (default: train.output)."),
+    revision: str = typer.Option(None, help="Hub adapters: the branch, tag or commit to load (default: main)."),
+    subfolder: str = typer.Option(None, help="Hub adapters: the folder of the repository holding them."),
     scheduler: str = typer.Option(None, help="A diffusers scheduler class, e.g. DPMSolverMultistepScheduler "
                                   "(default: trajectories.scheduler, the one the adapters were trained on)."),
     steps: int = typer.Option(25, min=1, help="Sampler steps."),
@@ -271,7 +274,7 @@ def sample(
 
     _stage(stage.run, labels=labels, prompts=prompts, w=w, backend=backend, base_path=base_path, adapters=adapters,
            scheduler=scheduler, steps=steps, seed=seed, guidance=guidance, negative=negative, out=out, device=device,
-           compile_=compile_)
+           compile_=compile_, revision=revision, subfolder=subfolder)
 
 
 @app.command()

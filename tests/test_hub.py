@@ -96,3 +96,30 @@ def test_enable_agd_by_hub_id_equals_the_local_folder(tmp_path, offline_cache):
                     output_type="latent").images
 
     assert torch.equal(latents("org/agd-sd2", subfolder="sd2", revision="v1"), latents(tmp_path / "adapters"))
+
+
+def test_agd_sample_takes_a_hub_id(tmp_path, offline_cache, tiny_base, monkeypatch):
+    """`agd sample --adapters org/name --revision` on the embedded default: the same row as the folder."""
+    import numpy as np
+    import yaml
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from pipeline.backends.loading import load_base
+    from pipeline.cli import app
+    from pipeline.guidance.adapters import AdapterSet
+
+    AdapterSet(load_base("mnist-dit", str(tiny_base)), width=16, heads=2).save(tmp_path / "adapters")
+    cached_repo(offline_cache, "org/agd-mnist", {f.name: f.read_bytes() for f in (tmp_path / "adapters").iterdir()},
+                revision="v2")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"base": {"path": str(tiny_base)}}))
+    monkeypatch.chdir(tmp_path)
+    rows = {}
+    for name, flags in (("local", ["--adapters", str(tmp_path / "adapters")]),
+                        ("hub", ["--adapters", "org/agd-mnist", "--revision", "v2"])):
+        done = CliRunner().invoke(app, ["sample", "--labels", "1,2", "--steps", "3", *flags, "--out", f"{name}.png"])
+        assert done.exit_code == 0, done.output
+        rows[name] = np.asarray(Image.open(tmp_path / f"{name}.png"))
+    assert np.array_equal(rows["local"], rows["hub"])
+    missing = CliRunner().invoke(app, ["sample", "--labels", "1", "--adapters", "org/absent"])
+    assert missing.exit_code == 2 and "not in the local Hugging Face cache" in missing.output

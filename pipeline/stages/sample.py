@@ -27,14 +27,15 @@ def parse_labels(labels: str, num_classes: int, condition: str, option: str = "-
 
 def run(params: Params, labels: str | None, prompts: list[str] | None, w: float, backend: str | None,
         base_path: str | None, adapters: str | None, scheduler: str | None, steps: int, seed: int, guidance: str,
-        out: Path, device: str | None, compile_: bool | None, negative: list[str] | None = None) -> None:
+        out: Path, device: str | None, compile_: bool | None, negative: list[str] | None = None,
+        revision: str | None = None, subfolder: str | None = None) -> None:
     """Each option given on the command line wins over params.yaml (base.*, train.output,
     trajectories.scheduler, sample.compile)."""
     from PIL import Image
 
     base = params.base
     family, agd = load_agd(backend or base.backend, base_path or base.path, adapters or params.train.output,
-                           base.dtype, device or base.device, base.cfg_channels)
+                           base.dtype, device or base.device, base.cfg_channels, revision, subfolder)
     if params.sample.compile if compile_ is None else compile_:
         family.compile()
     if labels:
