@@ -230,7 +230,7 @@ def test_wrong_adapters_and_pipelines_are_refused(bases, tmp_path):
         unet.save_pretrained(other / "unet")
     with pytest.raises(AGDError, match="made for base"):
         enable_agd(diffusers.StableDiffusionPipeline.from_pretrained(str(other)), bases["sd21"] / "adapters")
-    with pytest.raises(AGDError, match="not found"):
+    with pytest.raises(AGDError, match="no such folder or file, and not a Hub repository id"):
         enable_agd(_pipe("sd21", bases["sd21"]), tmp_path / "nothing")
     embedded = tmp_path / "embedded"
     embedded.mkdir()

@@ -123,3 +123,39 @@ def test_agd_sample_takes_a_hub_id(tmp_path, offline_cache, tiny_base, monkeypat
     assert np.array_equal(rows["local"], rows["hub"])
     missing = CliRunner().invoke(app, ["sample", "--labels", "1", "--adapters", "org/absent"])
     assert missing.exit_code == 2 and "not in the local Hugging Face cache" in missing.output
+
+
+def test_the_weights_file_alone_is_a_complete_adapter_set(tiny_base, tmp_path):
+    """One file: the header holds what adapters.json holds, so the file loads alone (exported, from the
+    Hub); the two-file layout still loads, and a weights file of before one-file adapters is refused
+    without its adapters.json."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from pipeline.backends.loading import load_base
+    from pipeline.guidance.adapters import AdapterSet, read_meta
+
+    family = load_base("mnist-dit", str(tiny_base))
+    adapters = AdapterSet(family, width=16, heads=2, w_gate=True, negatives=True)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.add_(0.01)
+    adapters.save(tmp_path / "two")
+    two = read_meta(tmp_path / "two")
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "adapters.safetensors").write_bytes((tmp_path / "two" / "adapters.safetensors").read_bytes())
+    one = read_meta(tmp_path / "one")
+    assert one == {k: v for k, v in two.items() if k != "weights_sha256"}
+    loaded = AdapterSet.load(tmp_path / "one", family)
+    assert loaded.negatives and loaded.config == adapters.config
+    assert all(torch.equal(v, adapters.state_dict()[k]) for k, v in loaded.state_dict().items())
+    old = tmp_path / "old"
+    old.mkdir()
+    header = json.loads(json.dumps({"agd_adapters": json.dumps({k: two[k] for k in (
+        "architecture", "width", "heads", "fourier_features", "seed", "mlp", "w_gate", "negatives", "targets")},
+        sort_keys=True)}))
+    save_file(load_file(str(tmp_path / "two" / "adapters.safetensors")), str(old / "adapters.safetensors"), header)
+    with pytest.raises(AGDError, match="holds no metadata"):
+        AdapterSet.load(old, family)
