@@ -221,6 +221,19 @@ def report(readme: bool = typer.Option(False, "--readme", help="also copy the ta
 
 
 @app.command()
+def export(
+    out: Path = typer.Argument(..., help="Folder to write: adapters.safetensors and its model card (README.md)."),
+    adapters: str = typer.Option(None, help="Adapters to export (default: train.output)."),
+    push: str = typer.Option(None, "--push", help="Also upload the folder to this Hub repository (org/name)."),
+) -> None:
+    """Trained adapters as a folder to publish: the one weights file, and a model card with the Hub's front
+    matter (base, teacher, scale range, size, the evaluation's figures from reports/, generated)."""
+    from pipeline.stages import export as stage
+
+    _stage(stage.run, light=True, out=out, adapters=adapters, push=push)
+
+
+@app.command()
 def verify(
     store: str = typer.Argument(None, help="Store to check (default: trajectories.output)."),
     structure_only: bool = typer.Option(False, "--structure-only", help="Skip the comparison with params.yaml and the base."),

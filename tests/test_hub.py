@@ -159,3 +159,38 @@ def test_the_weights_file_alone_is_a_complete_adapter_set(tiny_base, tmp_path):
     save_file(load_file(str(tmp_path / "two" / "adapters.safetensors")), str(old / "adapters.safetensors"), header)
     with pytest.raises(AGDError, match="holds no metadata"):
         AdapterSet.load(old, family)
+
+
+def test_agd_export_writes_a_publishable_folder_and_pushes_it(project_copy, tmp_path, monkeypatch):
+    """The one weights file (it loads alone, equal to the trained set) and a generated model card with
+    the Hub's front matter and the evaluation's figures; --push hands the folder to huggingface_hub."""
+    import torch
+    import yaml
+    from huggingface_hub import HfApi
+
+    from pipeline.backends.loading import load_base
+    from pipeline.guidance.adapters import AdapterSet
+    from tests.conftest import agd
+
+    calls = []
+    monkeypatch.setattr(HfApi, "create_repo", lambda self, repo_id, **kw: calls.append(("create", repo_id, kw)))
+    monkeypatch.setattr(HfApi, "upload_folder", lambda self, **kw: calls.append(("upload", kw)))
+    agd(project_copy, "export", str(tmp_path / "out"), "--push", "org/agd-mnist")
+    out = tmp_path / "out"
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "adapters.safetensors"]
+    family = load_base("mnist-dit", str(project_copy / "models/base-mnist-dit"))
+    alone = AdapterSet.load(out, family)
+    trained = AdapterSet.load(project_copy / "models/adapters", family)
+    assert all(torch.equal(v, trained.state_dict()[k]) for k, v in alone.state_dict().items())
+    text = (out / "README.md").read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["library_name"] == "diffusers" and "agd" in front["tags"] and "mnist-dit" in front["tags"]
+    assert "base_model" not in front  # a local base: no Hub id to name
+    assert "w in [1, 5]" in text and "| teacher | cfg |" in text and "% of the base" in text
+    metrics = yaml.safe_load((project_copy / "reports/metrics.json").read_text())
+    fid = metrics["w3"]["fid_diff"]
+    assert f"| 3 | {fid['value']:+.1f} [{fid['ci_low']:+.1f}, {fid['ci_high']:+.1f}]" in text  # generated
+    assert calls[0][:2] == ("create", "org/agd-mnist")
+    assert calls[1][1]["repo_id"] == "org/agd-mnist" and calls[1][1]["folder_path"] == str(out)
+    bad = agd(project_copy, "export", str(tmp_path / "o2"), "--push", "not a repo", check=False)
+    assert bad.returncode == 2 and "is not a Hub repository id" in bad.stderr + bad.stdout
