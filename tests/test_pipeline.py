@@ -10,7 +10,8 @@ from pipeline.data.store import TrajectoryStore
 from tests.conftest import agd, dvc, set_params
 
 COMMANDS = ["check", "assets", "prepare", "pretrain", "classifier", "fid-ref", "conditions", "trajectories", "train",
-            "evaluate", "sweep", "nfe", "samplers", "transfer", "report", "verify", "stores", "sample", "export", "preset", "keys"]
+            "evaluate", "sweep", "nfe", "samplers", "transfer", "report", "verify", "stores", "sample", "export", "preset",
+            "keys"]
 
 
 def test_every_command_has_help(tmp_path):
