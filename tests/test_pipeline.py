@@ -243,7 +243,8 @@ def test_report_renders_results_from_the_reports(project_copy):
     timing = json.loads((project_copy / "reports/timing.json").read_text())
     assert "ms/image CFG / AGD (interleaved)" in results
     ms = [f"{timing['w3'][m]['seconds_per_image'] * 1e3:#.3g}" for m in ("cfg", "agd")]
-    assert f"| {ms[0]} / {ms[1]} |" in rows[0] and ms[0] != ms[1]
+    assert f"| {ms[0]} / {ms[1]} |" in rows[0]  # the measured figures (equal where noise makes them so)
+    assert timing["w3"]["cfg"]["nfe_per_image"] == 2 * timing["w3"]["agd"]["nfe_per_image"]
     readme = (project_copy / "README.md").read_text()
     assert "old" not in readme and results in readme and readme.endswith("<!-- results:end -->\nafter\n")
     for png in ("distillation.png", "scales.png"):

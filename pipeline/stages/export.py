@@ -79,7 +79,7 @@ def run(params: Params, out: Path, adapters: str | None = None, push: str | None
     source = hub.resolve(adapters or params.train.output)
     meta = saved.read_meta(source)
     weights = source / saved.WEIGHTS
-    if saved.FULL_KEY not in saved._header(weights):
+    if saved.header_meta(weights) is None:
         raise AGDError(str(weights), "holds no metadata in its header (written before one-file adapters)",
                        "re-run `agd train` (dvc repro), then export again")
     out = Path(out)

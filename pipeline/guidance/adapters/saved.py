@@ -26,10 +26,12 @@ from pipeline.run.errors import AGDError
 FORMAT_VERSION = 2  # 2: behaviour fields required and mirrored in the weights' header; 1: before that
 READS = (1, 2)
 META, WEIGHTS = "adapters.json", "adapters.safetensors"
-HEADER_KEY = "agd_adapters"  # the weights file's header entry mirroring the behaviour fields
-# the whole metadata in the weights file's header: the file alone is a complete adapter set (an exported
-# or Hub-downloaded one); adapters.json beside it, where `agd train` writes one, is read first
-FULL_KEY = "agd_adapters_meta"
+# The weights file's one header entry: the behaviour fields and targets (checked against adapters.json),
+# and under "meta" the whole metadata, so the file alone is a complete adapter set (an exported or
+# Hub-downloaded one; adapters.json beside it, where `agd train` writes one, is read first). One entry,
+# not several: safetensors keeps its header in a hash map, so several would be written in any order
+# and the file's bytes would differ from run to run.
+HEADER_KEY = "agd_adapters"
 # what the adapters compute depends on these (and their types); format 1 files may lack the last two
 BEHAVIOUR = {"architecture": str, "width": int, "heads": int, "fourier_features": int, "seed": int, "mlp": int,
              "w_gate": bool}
@@ -50,10 +52,9 @@ def write(out_dir: Path, state: dict, meta: dict) -> None:
     files.remove_parts(out_dir)
     (out_dir / META).unlink(missing_ok=True)
     header = {k: meta[k] for k in (*BEHAVIOUR, *[o for o in OPTIONAL if o in meta], "targets")}
-    full = {"format_version": FORMAT_VERSION, **meta}
+    header["meta"] = {"format_version": FORMAT_VERSION, **meta}
     # as bytes written by Python: a full disk is an OSError naming the cause
-    files.write_bytes(out_dir / WEIGHTS, save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True),
-                                                               FULL_KEY: json.dumps(full, sort_keys=True)}))
+    files.write_bytes(out_dir / WEIGHTS, save(state, metadata={HEADER_KEY: json.dumps(header, sort_keys=True)}))
     meta = {"format_version": FORMAT_VERSION, **meta, "weights_sha256": files.sha256_of(out_dir / WEIGHTS)}
     files.write_json(out_dir / META, meta)
 
@@ -69,17 +70,23 @@ def _header(weights: Path) -> dict:
                        "re-run `agd train` to write it again") from None
 
 
+def header_meta(weights: Path) -> dict | None:
+    """The whole metadata the weights file's header holds (None: a file written before one-file adapters)."""
+    try:
+        meta = json.loads(_header(weights).get(HEADER_KEY) or "null")
+    except json.JSONDecodeError:
+        return None
+    meta = meta.get("meta") if isinstance(meta, dict) else None
+    return meta if isinstance(meta, dict) else None
+
+
 def read_meta(path: Path) -> dict:
     """The metadata of an adapter folder: adapters.json where there is one (the two-file layout `agd
     train` writes), else the weights file's own header (one file: `agd export`, a Hub download)."""
     meta_file, weights = Path(path) / META, Path(path) / WEIGHTS
     if weights.is_file() and not meta_file.exists():
-        recorded = _header(weights).get(FULL_KEY)
-        try:
-            meta = json.loads(recorded) if recorded is not None else None
-        except json.JSONDecodeError:
-            meta = None
-        if isinstance(meta, dict):
+        meta = header_meta(weights)
+        if meta is not None:
             return meta
         raise AGDError(str(meta_file), "not found, and the weights file's header holds no metadata (a file "
                        "written before one-file adapters)", "put its adapters.json beside it, or re-run `agd train`")
