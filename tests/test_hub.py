@@ -194,3 +194,20 @@ def test_agd_export_writes_a_publishable_folder_and_pushes_it(project_copy, tmp_
     assert calls[1][1]["repo_id"] == "org/agd-mnist" and calls[1][1]["folder_path"] == str(out)
     bad = agd(project_copy, "export", str(tmp_path / "o2"), "--push", "not a repo", check=False)
     assert bad.returncode == 2 and "is not a Hub repository id" in bad.stderr + bad.stdout
+
+
+def test_the_one_file_is_byte_identical_across_processes(tiny_base, tmp_path):
+    """Saving the same adapters in two processes gives the same bytes (DVC hashes the file; safetensors
+    keeps its header in a hash map, so only one header entry keeps its order fixed)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    script = ("import sys; from pipeline.backends.loading import load_base; "
+              "from pipeline.guidance.adapters import AdapterSet; "
+              "AdapterSet(load_base('mnist-dit', sys.argv[1]), width=16, heads=2, negatives=True).save(sys.argv[2])")
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", script, str(tiny_base), str(tmp_path / name)], check=True, cwd=ROOT,
+                       env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert (tmp_path / "a/adapters.safetensors").read_bytes() == (tmp_path / "b/adapters.safetensors").read_bytes()
